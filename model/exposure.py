@@ -1,0 +1,133 @@
+"""The forward model of one exposure: sky → optics → detector → ramp slopes → likelihood.
+
+Parameters of one exposure live in a flat dict of arrays (names and shapes below); which
+of them are shared by the campaign, per epoch or per exposure is decided by the engine,
+not here. `PARAMETER_UNITS` documents every name.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from model.detector import apply_jitter, downsample
+from model.likelihood import chi_squared, gaussian_nll
+from model.optics import Optics
+from model.ramp import ramp_slopes
+from model.source import convolve_same, normalise_log_image, rotate_image
+from model.spectrum import Bandpass
+
+Params = dict[str, Array]
+
+PARAMETER_UNITS = {
+    "aberrations": "(nterms,) Zernike coefficients of the pupil basis, nm",
+    "position": "(2,) source offset (x, y) from the subarray centre in detector axes, arcsec",
+    "positions": "(k, 2) offsets of k point sources (star field), arcsec",
+    "log_flux": "() log10 of the source's total count rate, e-/s",
+    "log_fluxes": "(k,) log10 count rates of k point sources, e-/s",
+    "spectral_slope": "() power-law index of the spectrum across the band",
+    "log_image": "(n, n) natural-log intensity of a resolved source, sky axes (north up)",
+    "flat": "(p, p) pixel response (flat field), dimensionless, 1 = nominal",
+    "ipc": "(3, 3) inter-pixel capacitance kernel",
+    "bfe": "(2,) brighter-fatter migration (x, y), fraction per 1e4 e- collected",
+    "nonlinearity": "(k,) polynomial coefficients of the ramp non-linearity per 1e4 e-",
+    "dark": "() dark current, e-/s per pixel",
+    "jitter": "() Gaussian pointing jitter sigma, detector pixels",
+    "read_noise": "() read noise per read, e-",
+}
+
+
+class ExposureSpec(eqx.Module):
+    """What the physics needs to know of an exposure besides the parameters.
+
+    Attributes:
+        filter: filter name (static: selects the bandpass).
+        ngroups: groups up the ramp (static: sets the output shape).
+        roll: position angle rotating sky axes into detector axes, degrees.
+        group_time: seconds between group reads.
+        nints: integrations averaged into the slopes.
+        dither: (2,) known pointing offset added to every source, arcsec.
+    """
+
+    filter: str = eqx.field(static=True)
+    ngroups: int = eqx.field(static=True)
+    roll: Float[Array, ""]
+    group_time: Float[Array, ""]
+    nints: Float[Array, ""]
+    dither: Float[Array, "2"]
+
+
+def make_spec(filter, ngroups, roll=0.0, group_time=0.07544, nints=1, dither=(0.0, 0.0)):
+    """ExposureSpec with float64 arrays for the traced fields."""
+    f = lambda x: jnp.asarray(x, dtype=jnp.float64)  # noqa: E731
+    return ExposureSpec(filter, int(ngroups), f(roll), f(group_time), f(nints), f(dither))
+
+
+class ExposureModel(eqx.Module):
+    """Optics and bandpasses of an instrument; maps parameters to slopes.
+
+    Attributes:
+        optics: pupil and focal-plane sampling (oversampled grid of `npix * oversample`).
+        bandpasses: filter name → sampled bandpass.
+        oversample: optical pixels per detector pixel (per axis).
+    """
+
+    optics: Optics
+    bandpasses: dict[str, Bandpass]
+    oversample: int = eqx.field(static=True)
+
+    @property
+    def npix(self) -> int:
+        """Detector pixels per side."""
+        return self.optics.psf_npix // self.oversample
+
+    def illumination(self, params: Params, spec: ExposureSpec) -> Float[Array, "m m"]:
+        """Oversampled count rate of the scene on the detector, e-/s per optical pixel."""
+        band = self.bandpasses[spec.filter]
+        weights = band.weights(params["spectral_slope"])
+        psf_at = lambda pos: self.optics.psf(  # noqa: E731
+            band.wavelengths, weights, params["aberrations"], pos + spec.dither
+        )
+        if "positions" in params:
+            psfs = jax.vmap(psf_at)(params["positions"])
+            return jnp.tensordot(10.0 ** params["log_fluxes"], psfs, axes=1)
+        psf = psf_at(params["position"])
+        if "log_image" in params:
+            image = rotate_image(normalise_log_image(params["log_image"]), spec.roll)
+            psf = convolve_same(image, psf)
+        return 10.0 ** params["log_flux"] * psf
+
+    def rate(self, params: Params, spec: ExposureSpec) -> Float[Array, "p p"]:
+        """Detector count rate after jitter, pixel integration, flat field and dark, e-/s."""
+        blurred = apply_jitter(self.illumination(params, spec), params["jitter"] * self.oversample)
+        return downsample(blurred, self.oversample) * params["flat"] + params["dark"]
+
+    def slopes(self, params: Params, spec: ExposureSpec) -> Float[Array, "s p p"]:
+        """Model group-difference slopes (ngroups-1, p, p), electrons per group."""
+        return ramp_slopes(
+            self.rate(params, spec),
+            spec.ngroups,
+            spec.group_time,
+            params["bfe"],
+            params["ipc"],
+            params["nonlinearity"],
+        )
+
+    def nll(
+        self,
+        params: Params,
+        spec: ExposureSpec,
+        data: Float[Array, "s p p"],
+        bad: Bool[Array, "p p"],
+        diagonal: bool = False,
+    ) -> Float[Array, ""]:
+        """Gaussian negative log-likelihood of measured slopes (see `model.likelihood`)."""
+        return gaussian_nll(
+            data, self.slopes(params, spec), params["read_noise"], spec.nints, bad, diagonal
+        )
+
+    def chi_squared(self, params, spec, data, bad, diagonal: bool = False):
+        """(χ², number of measurements) of measured slopes under the model."""
+        return chi_squared(
+            data, self.slopes(params, spec), params["read_noise"], spec.nints, bad, diagonal
+        )
