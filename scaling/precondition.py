@@ -1,0 +1,93 @@
+"""Fisher preconditioning of low-dimensional parameters.
+
+For a Gaussian likelihood with covariance C (held at its value at the start), the Fisher
+information of parameter θ_i is F_ii = Σ_exposures Σ_pixels (L⁻¹ ∂μ/∂θ_i)², with C = L Lᵀ
+each pixel's slope covariance and μ the model slopes. The engine multiplies the gradient
+of a preconditioned parameter by 1 / F_ii, so a unit learning rate is a diagonal
+Gauss-Newton step whatever the parameter's scale. Parameters not listed keep a factor 1.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import ExposureModel
+from model.likelihood import whitened_residuals
+from scaling.partition import Batch, exposure_params
+
+PRECONDITIONED = ("position", "log_flux", "spectral_slope", "aberrations", "positions", "log_fluxes")
+"""Default parameters scaled by their inverse Fisher diagonal."""
+
+
+def _whitened_model(model: ExposureModel, params: dict, reference: dict, batch: Batch):
+    """(b, s, p, p) L⁻¹ μ(params) with L from the model at `reference`; 0 on bad pixels."""
+
+    def one(i_exp, i_epoch, spec, bad):
+        p = exposure_params(params, batch, i_exp, i_epoch)
+        p0 = exposure_params(reference, batch, i_exp, i_epoch)
+        mu0 = jax.lax.stop_gradient(model.slopes(p0, spec))
+        y, _ = whitened_residuals(model.slopes(p, spec), mu0, p0["read_noise"], spec.nints)
+        return jnp.where(bad, 0.0, y)
+
+    return batch.weight[:, None, None, None] * jax.vmap(one)(
+        batch.exposure_index, batch.epoch_index, batch.spec, batch.bad
+    )
+
+
+@eqx.filter_jit
+def _squared_column(model: ExposureModel, params: dict, tangent: dict, batch: Batch):
+    """(b,) Σ_pixels (L⁻¹ J t)² per exposure for a tangent t of the parameters."""
+    _, jy = jax.jvp(lambda p: _whitened_model(model, p, params, batch), (params,), (tangent,))
+    return jnp.sum(jy**2, axis=(1, 2, 3))
+
+
+def _basis(params: dict, part: str, name: str, filt: str | None):
+    """Tangents moving one element of a parameter (in every exposure at once)."""
+    leaf = params[part][name] if filt is None else params[part][name][filt]
+    per = leaf.shape[1:] if part == "exposure" else leaf.shape
+    size = int(np.prod(per))
+    for j in range(size):
+        unit = jnp.zeros(size).at[j].set(1.0).reshape(per)
+        t = jax.tree.map(jnp.zeros_like, params)
+        value = jnp.broadcast_to(unit, leaf.shape)
+        if filt is None:
+            t[part][name] = value
+        else:
+            t[part][name][filt] = value
+        yield j, per, t
+
+
+def fisher_diagonal(
+    model: ExposureModel, params: dict, batches: list[Batch], names=PRECONDITIONED
+) -> dict:
+    """Diagonal Fisher information, a pytree like `params` (1 where not preconditioned)."""
+    fisher = jax.tree.map(jnp.ones_like, params)
+    for part in ("shared", "exposure"):
+        for name in params[part]:
+            if name not in names:
+                continue
+            leaf = params[part][name]
+            for filt in leaf if isinstance(leaf, dict) else [None]:
+                target = leaf if filt is None else leaf[filt]
+                diag = jnp.zeros_like(target)
+                for j, per, tangent in _basis(params, part, name, filt):
+                    col = jnp.zeros(target.shape[0] if part == "exposure" else ())
+                    for b in batches:
+                        if part == "shared" and name == "aberrations" and b.filter != filt:
+                            continue
+                        per_exp = _squared_column(model, params, tangent, b)
+                        if part == "exposure":
+                            col = col.at[b.exposure_index].add(per_exp)
+                        else:
+                            col = col + jnp.sum(per_exp)
+                    idx = np.unravel_index(j, per) if per else ()
+                    if part == "exposure":
+                        diag = diag.at[(slice(None), *idx)].set(col)
+                    else:
+                        diag = diag.at[idx].set(col)
+                if filt is None:
+                    fisher[part][name] = diag
+                else:
+                    fisher[part][name][filt] = diag
+    return fisher
