@@ -60,7 +60,9 @@ class Fitter(eqx.Module):
         """One full-batch step → (params, opt_state, loss terms at the old params)."""
 
         def total(p):
-            t = loss_terms(self.model, p, batches, self.settings.reg_weights, self.settings.diagonal)
+            t = loss_terms(
+                self.model, p, batches, self.settings.reg_weights, self.settings.diagonal
+            )
             return t["total"], t
 
         (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params)
@@ -71,7 +73,7 @@ class Fitter(eqx.Module):
         params = renormalise_images(optax.apply_updates(params, updates))
         if self.settings.param_hook is not None:
             params = self.settings.param_hook(params)
-        terms = {**terms, "grad_norm": optax.global_norm(grads)}
+        terms = {**terms, "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, terms
 
 
@@ -94,7 +96,7 @@ def shard_batches(batches: list[Batch], devices=None) -> list[Batch]:
     for b in batches:
         pad = (-b.size) % n
         if pad:
-            b = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), b)
+            b = jax.tree.map(lambda x, k=pad: jnp.concatenate([x, jnp.repeat(x[:1], k, axis=0)]), b)
             b = eqx.tree_at(lambda t: t.weight, b, b.weight.at[-pad:].set(0.0))
         sharding = NamedSharding(mesh, PartitionSpec("exposures"))
         out.append(jax.device_put(b, sharding))
