@@ -28,7 +28,9 @@ def downsample(image: Float[Array, "m m"], factor: int) -> Float[Array, "p p"]:
     return image.reshape(p, factor, p, factor).sum(axis=(1, 3))
 
 
-def apply_ipc(charge: Float[Array, "... p p"], kernel: Float[Array, "3 3"]) -> Float[Array, "... p p"]:
+def apply_ipc(
+    charge: Float[Array, "... p p"], kernel: Float[Array, "3 3"]
+) -> Float[Array, "... p p"]:
     """Inter-pixel capacitance: 3×3 convolution of each frame (zero outside the array)."""
     frames = charge.reshape(-1, *charge.shape[-2:])
     out = jax.vmap(lambda frame: convolve2d(frame, kernel, mode="same"))(frames)

@@ -22,7 +22,9 @@ def ami_model(
 
     The aberration vector has 7 * n_hole_zernikes + 1 entries (see `model.pupil.ami_pupil`).
     """
-    optics = Optics(ami_pupil(pupil_npix, n_hole_zernikes), npix * oversample, pixel_scale / oversample)
+    optics = Optics(
+        ami_pupil(pupil_npix, n_hole_zernikes), npix * oversample, pixel_scale / oversample
+    )
     return ExposureModel(optics, {f: bandpass(f, nwavels) for f in filters}, oversample)
 
 
@@ -41,7 +43,11 @@ def field_model(
     Defaults: a 1 m aperture at 4.3 µm is Nyquist-sampled at ~0.44 arcsec, so detector
     pixels of 0.375 arcsec with 2× oversampling resolve the PSF.
     """
-    optics = Optics(circular_pupil(pupil_npix, diameter, zernike_js), npix * oversample, pixel_scale / oversample)
+    optics = Optics(
+        circular_pupil(pupil_npix, diameter, zernike_js),
+        npix * oversample,
+        pixel_scale / oversample,
+    )
     return ExposureModel(optics, {f: bandpass(f, nwavels) for f in filters}, oversample)
 
 

@@ -20,9 +20,13 @@ def batch_nll(model: ExposureModel, params: dict, batch: Batch, diagonal: bool =
     """(b,) negative log-likelihood of every exposure in `batch` (0 for padding)."""
 
     def one(i_exp, i_epoch, spec, slopes, bad):
-        return model.nll(exposure_params(params, batch, i_exp, i_epoch), spec, slopes, bad, diagonal)
+        return model.nll(
+            exposure_params(params, batch, i_exp, i_epoch), spec, slopes, bad, diagonal
+        )
 
-    nll = jax.vmap(one)(batch.exposure_index, batch.epoch_index, batch.spec, batch.slopes, batch.bad)
+    nll = jax.vmap(one)(
+        batch.exposure_index, batch.epoch_index, batch.spec, batch.slopes, batch.bad
+    )
     return batch.weight * nll
 
 

@@ -16,7 +16,14 @@ from model import ExposureModel
 from model.likelihood import whitened_residuals
 from scaling.partition import Batch, exposure_params
 
-PRECONDITIONED = ("position", "log_flux", "spectral_slope", "aberrations", "positions", "log_fluxes")
+PRECONDITIONED = (
+    "position",
+    "log_flux",
+    "spectral_slope",
+    "aberrations",
+    "positions",
+    "log_fluxes",
+)
 """Default parameters scaled by their inverse Fisher diagonal."""
 
 
