@@ -1,0 +1,91 @@
+"""The `scaling` command line.
+
+    scaling simulate CONFIG.toml --out DIR   simulate a campaign (FITS files + truth)
+    scaling demo CONFIG.toml --out DIR       simulate, then draw PNGs of it into DIR
+    scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr   FITS exposures → Zarr campaign store
+    scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
+
+A bad config or path prints one line to stderr and exits with status 2.
+"""
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scaling.config import CampaignConfig, Config, load_config
+from scaling.export import add_export_parser
+from scaling.ingest import add_ingest_parser
+from scaling.simulate import simulate
+
+EXIT_USAGE = 2
+"""Exit status for a bad config or path (as argparse uses for bad arguments)."""
+
+
+def _describe(config: Config) -> str:
+    """One line on what a config simulates."""
+    if isinstance(config, CampaignConfig):
+        ep, nf = config.epochs, len(config.filters)
+        return (
+            f"Io: {ep.count} epochs × {ep.exposures} exposures × {nf} filter(s)"
+            f" + {config.calibrators.count} calibrator(s) × {nf} filter(s)"
+        )
+    return f"flat field: {config.stars.n_stars} stars, {len(config.dithers)} dithers"
+
+
+def _simulate(args: argparse.Namespace) -> list[Path]:
+    """Load the config and simulate it, reporting the time of each part."""
+    config = load_config(args.config)
+    print(f"config    {args.config}: {_describe(config)}")
+    start = time.perf_counter()
+    files = simulate(config, args.out, progress=not args.quiet)
+    took = time.perf_counter() - start
+    print(f"simulate  {len(files)} exposures, truth.json, truth.npz in {args.out}/  ({took:.1f} s)")
+    return files
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from scaling.plots import plot_campaign
+
+    _simulate(args)
+    start = time.perf_counter()
+    pngs = plot_campaign(args.out)
+    took = time.perf_counter() - start
+    print(f"plots     {', '.join(str(p) for p in pngs)}  ({took:.1f} s)")
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], object]]] = {
+    "simulate": ("simulate a campaign from a TOML config into a folder", _simulate),
+    "demo": ("simulate a campaign and draw PNGs of it into the same folder", _demo),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaling", description="Simulate and fit JWST NIRISS AMI campaigns."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (summary, _) in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.add_argument("config", type=Path, help="TOML config (see configs/)")
+        sub.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ingest_parser(commands)
+    add_export_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if hasattr(args, "handler"):
+        return args.handler(args)
+    start = time.perf_counter()
+    try:
+        COMMANDS[args.command][1](args)
+    except (ValueError, OSError) as err:
+        print(f"scaling {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,512 @@
+"""Simulated campaigns: true parameters → noisy JWST-like exposures on disk, plus the truth.
+
+`simulate(config, out)` writes one FITS file per exposure (see `scaling.fitsio`), the
+truth as `truth.json` (scalars, the exposure → epoch map, the config echoed) and
+`truth.npz` (arrays), all into a temporary folder beside `out` that is renamed to `out`
+at the end, so a failure leaves nothing half-written. Randomness comes only from NumPy
+generators spawned from the config's seed: the same seed gives byte-identical files.
+"""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from numpy.typing import NDArray
+from tqdm.auto import tqdm
+
+from model import ExposureModel, ExposureSpec, ami_model, field_model, make_spec, nominal_detector
+from model.constants import FRAME_TIME
+from model.noise import noisy_slopes
+from model.scenes import IoScene
+from scaling.config import CampaignConfig, Config, FlatFieldConfig, config_to_dict
+from scaling.fitsio import ExposureRecord, write_exposure
+
+LOG_FLOOR = 1e-12
+"""Relative floor under the true image before taking its log (pixels off the disk)."""
+
+HOT_RANGE = (1e3, 3e4)
+"""Range of the (log-uniform) values written into bad pixels, electrons per group."""
+
+
+@eqx.filter_jit
+def _forward(model: ExposureModel, params: dict, spec: ExposureSpec):
+    """(mean slopes (ngroups-1, p, p) e-/group, peak count rate e-/s) of one exposure."""
+    return model.slopes(params, spec), jnp.max(model.rate(params, spec))
+
+
+@dataclass(frozen=True)
+class _Readout:
+    """What every exposure of a workload shares: readout and file metadata.
+
+    read_noise: e- per read; group_time: s; well_depth: e- (inf: no ramp truncation);
+    pupil: 'NRM' or 'CLEAR'; program: programme id.
+    """
+
+    read_noise: float
+    group_time: float
+    well_depth: float
+    pupil: str
+    program: int
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One exposure to simulate: identity, pointing and its per-exposure parameters."""
+
+    role: str  # "science", "calibrator" or "field"
+    target: str
+    epoch: int | None
+    filter: str
+    expmid: float
+    roll: float
+    nints: int
+    ngroups: int  # groups read before truncation
+    observation: int
+    exposure: int
+    dither: tuple[float, float] = (0.0, 0.0)
+    local: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+
+
+def exposure_name(program: int, observation: int, exposure: int, visit: int = 1) -> str:
+    """JWST-style exposure id, e.g. 'jw01373001001_01101_00001_nis'."""
+    return f"jw{program:05d}{observation:03d}{visit:03d}_01101_{exposure:05d}_nis"
+
+
+def truncated_ngroups(peak_rate: float, group_time: float, well_depth: float, ngroups: int) -> int:
+    """Most groups (at most `ngroups`) that keep a pixel of `peak_rate` e-/s below the well.
+
+    Raises:
+        ValueError: even 2 groups would reach `well_depth` electrons.
+    """
+    if not math.isfinite(well_depth) or peak_rate <= 0:
+        return ngroups
+    fit = math.ceil(well_depth / (peak_rate * group_time)) - 1
+    if fit < 2:
+        raise ValueError(
+            f"a peak rate of {peak_rate:.4g} e-/s fills the {well_depth:.4g} e- well within "
+            f"2 groups of {group_time} s: lower the flux"
+        )
+    return min(ngroups, fit)
+
+
+def pipeline_variance(
+    slopes: NDArray[np.float64], read_noise: float, nints: int
+) -> NDArray[np.float64]:
+    """Variance of each averaged slope estimated from the data, as a pipeline would:
+    (max(slope, 0) + 2 read_noise²) / nints, electrons²."""
+    return (np.maximum(slopes, 0.0) + 2 * read_noise**2) / nints
+
+
+def bad_pixel_mask(rng: np.random.Generator, npix: int, fraction: float) -> NDArray[np.bool_]:
+    """(npix, npix) mask: the outermost pixel ring plus a random `fraction` of pixels."""
+    bad = rng.random((npix, npix)) < fraction
+    bad[[0, -1], :] = True
+    bad[:, [0, -1]] = True
+    return bad
+
+
+def _arrays(d: dict[str, Any]) -> dict[str, NDArray[np.float64]]:
+    """Float64 NumPy copies (one dtype everywhere, so jitted functions compile once)."""
+    return {k: np.asarray(v, dtype=np.float64) for k, v in d.items()}
+
+
+def _observe(
+    model: ExposureModel,
+    plan: list[_Planned],
+    names: list[str],
+    params_of: Callable[[_Planned], dict],
+    bad: NDArray[np.bool_],
+    readout: _Readout,
+    seeds: np.random.SeedSequence,
+    folder: Path,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Simulate every planned exposure into `folder`; returns each one's ramp facts.
+
+    Each role's ramp is truncated to the same number of groups, chosen so that the
+    brightest pixel of its brightest exposure stays below the well depth (collected e-):
+    the ramp is computed as read (`ngroups` groups) and its later groups are dropped, as
+    a pipeline would. Bad pixels get hot values (log-uniform in `HOT_RANGE`), flagged.
+    """
+    group_time, read_noise = readout.group_time, readout.read_noise
+
+    def forward(e: _Planned):
+        spec = make_spec(
+            e.filter, e.ngroups, e.roll, group_time=group_time, nints=e.nints, dither=e.dither
+        )
+        mean, peak = _forward(model, params_of(e), spec)
+        return np.asarray(mean), float(peak)
+
+    limits = tqdm(plan, desc="ramp limits", unit="exp", disable=not progress)
+    peaks = [forward(e)[1] for e in limits]
+    ngroups = {}
+    for e, peak in zip(plan, peaks, strict=True):
+        limit = truncated_ngroups(peak, group_time, readout.well_depth, e.ngroups)
+        ngroups[e.role] = min(ngroups.get(e.role, limit), limit)
+    noise_seeds = seeds.spawn(len(plan))
+    facts = {}
+    bar = tqdm(plan, desc="exposures", unit="exp", disable=not progress)
+    for e, name, seed, peak in zip(bar, names, noise_seeds, peaks, strict=True):
+        n = ngroups[e.role]
+        mean, _ = forward(e)
+        rng = np.random.default_rng(seed)
+        data = noisy_slopes(rng, mean[: n - 1], read_noise, e.nints)
+        data[:, bad] = np.exp(rng.uniform(*np.log(HOT_RANGE), size=int(bad.sum())))
+        record = ExposureRecord(
+            filter=e.filter,
+            pupil=readout.pupil,
+            target=e.target,
+            is_psf=e.role == "calibrator",
+            expmid=e.expmid,
+            roll=e.roll,
+            nints=e.nints,
+            ngroups=n,
+            group_time=group_time,
+            subarray=f"SUB{model.npix}",
+            program=readout.program,
+            observation=e.observation,
+            visit=1,
+            exposure=e.exposure,
+            dither_x=e.dither[0],
+            dither_y=e.dither[1],
+            slope=data,
+            variance=pipeline_variance(data, read_noise, e.nints),
+            badpix=bad,
+        )
+        write_exposure(folder / f"{name}_calslope.fits", record)
+        facts[name] = {"ngroups": n, "peak_charge": peak * group_time * n}
+    return facts
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like np.savez, but with fixed zip timestamps so the bytes depend only on the data."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
+
+
+def _write_truth(folder: Path, truth: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    _save_npz(folder / "truth.npz", arrays)
+
+
+def load_truth(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(truth.json as a dict, truth.npz arrays) of a simulated campaign."""
+    folder = Path(folder)
+    truth = json.loads((folder / "truth.json").read_text())
+    with np.load(folder / "truth.npz", allow_pickle=False) as npz:
+        return truth, {k: npz[k] for k in npz.files}
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` that replaces `out` if the block succeeds.
+
+    An existing `out` is replaced only if it is empty or a previous simulation (it holds
+    truth.json); anything else raises FileExistsError.
+    """
+    if out.exists():
+        previous = out.is_dir() and (not any(out.iterdir()) or (out / "truth.json").exists())
+        if not previous:
+            raise FileExistsError(f"{out} exists and is not a simulation output; not replacing it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _truth_detector(cfg: CampaignConfig, rng: np.random.Generator, npix: int) -> dict:
+    """True shared detector parameters of an AMI campaign."""
+    t = cfg.truth
+    c = t.ipc_coupling
+    ipc = np.array([[0.0, c, 0.0], [c, 1 - 4 * c, c], [0.0, c, 0.0]])
+    return _arrays(
+        {
+            "flat": 1.0 + t.flat_scatter * rng.standard_normal((npix, npix)),
+            "ipc": ipc,
+            "bfe": t.bfe,
+            "nonlinearity": t.nonlinearity,
+            "dark": t.dark,
+            "jitter": t.jitter,
+            "read_noise": t.read_noise,
+        }
+    )
+
+
+def _epoch_mids(cfg: CampaignConfig) -> list[float]:
+    """Mid time of each epoch, MJD."""
+    ep = cfg.epochs
+    return [ep.start_mjd + i * ep.spacing_hours / 24 for i in range(ep.count)]
+
+
+def _plan_io(cfg: CampaignConfig, rng: np.random.Generator, group_time: float) -> list[_Planned]:
+    """Science exposures (per epoch, filter, exposure) then calibrators (per star, filter).
+
+    Per-exposure truth: pointing offsets, log flux and spectral slope scattered (Gaussian,
+    `epochs.*_scatter`) about the science or calibrator values (calibrator slope: 0).
+    """
+    ep, cal = cfg.epochs, cfg.calibrators
+    mids = _epoch_mids(cfg)
+    plan = []
+
+    def local(log_flux: float, slope: float) -> dict[str, NDArray[np.float64]]:
+        return _arrays(
+            {
+                "position": ep.position_scatter * rng.standard_normal(2),
+                "log_flux": log_flux + ep.log_flux_scatter * rng.standard_normal(),
+                "spectral_slope": slope + ep.spectral_slope_scatter * rng.standard_normal(),
+            }
+        )
+
+    per_epoch = len(cfg.filters) * ep.exposures
+    duration = ep.nints * ep.ngroups * group_time / 86400  # days
+    for i, mid in enumerate(mids):
+        for k in range(per_epoch):
+            filt, j = cfg.filters[k // ep.exposures], k % ep.exposures
+            plan.append(
+                _Planned(
+                    role="science",
+                    target="IO",
+                    epoch=i,
+                    filter=filt,
+                    expmid=mid + (k - (per_epoch - 1) / 2) * duration,
+                    roll=ep.rolls[j % len(ep.rolls)],
+                    nints=ep.nints,
+                    ngroups=ep.ngroups,
+                    observation=i + 1,
+                    exposure=k + 1,
+                    local=local(ep.log_flux, ep.spectral_slope),
+                )
+            )
+    cal_duration = cal.nints * cal.ngroups * group_time / 86400
+    for c in range(cal.count):
+        for k, filt in enumerate(cfg.filters):
+            plan.append(
+                _Planned(
+                    role="calibrator",
+                    target=f"CAL{c + 1}",
+                    epoch=None,
+                    filter=filt,
+                    expmid=mids[c % len(mids)] + 1 / 24 + k * cal_duration,
+                    roll=ep.rolls[0],
+                    nints=cal.nints,
+                    ngroups=cal.ngroups,
+                    observation=ep.count + c + 1,
+                    exposure=k + 1,
+                    local=local(cal.log_flux, 0.0),
+                )
+            )
+    return plan
+
+
+def _io_scene(cfg: CampaignConfig) -> IoScene:
+    """Io as configured; its sub-observer longitude is `io.start_longitude` at the start."""
+    v = cfg.io.volcanoes
+    column = lambda values: jnp.asarray(values, dtype=jnp.float64)  # noqa: E731
+    return IoScene(
+        column([x.latitude for x in v]),
+        column([x.longitude for x in v]),
+        column([x.brightness for x in v]),
+        cfg.io.diameter,
+        cfg.io.limb_darkening,
+        cfg.epochs.start_mjd,
+        cfg.io.start_longitude,
+        cfg.io.sub_latitude,
+    )
+
+
+def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]:
+    """Simulate an Io AMI campaign into `folder`; returns the exposure names."""
+    truth_seed, bad_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(3)
+    rng = np.random.default_rng(truth_seed)
+    ins, t = cfg.instrument, cfg.truth
+    model = ami_model(
+        ins.npix, ins.oversample, ins.pupil_npix, ins.nwavels, ins.n_hole_zernikes, cfg.filters
+    )
+    nterms = model.optics.pupil.basis.shape[0]
+    aberrations = t.aberration_rms * rng.standard_normal((len(cfg.filters), nterms))
+    detector = _truth_detector(cfg, rng, ins.npix)
+    bad = bad_pixel_mask(np.random.default_rng(bad_seed), ins.npix, t.bad_pixel_fraction)
+
+    scene = _io_scene(cfg)
+    scale = model.optics.psf_pixel_scale
+    mids = _epoch_mids(cfg)
+    times = [jnp.asarray(mjd, dtype=jnp.float64) for mjd in mids]
+    images = np.stack([np.asarray(scene.image(tm, cfg.io.image_npix, scale)) for tm in times])
+    log_images = np.log(np.maximum(images, LOG_FLOOR * images.max(axis=(1, 2), keepdims=True)))
+    spots = [scene.spots(tm) for tm in times]
+
+    plan = _plan_io(cfg, rng, FRAME_TIME)
+    names = [exposure_name(cfg.program, e.observation, e.exposure) for e in plan]
+
+    def params_of(e: _Planned) -> dict:
+        params = {**detector, **e.local, "aberrations": aberrations[cfg.filters.index(e.filter)]}
+        if e.epoch is not None:
+            params["log_image"] = log_images[e.epoch]
+        return params
+
+    readout = _Readout(t.read_noise, FRAME_TIME, t.well_depth, "NRM", cfg.program)
+    facts = _observe(model, plan, names, params_of, bad, readout, noise_seed, folder, progress)
+    epoch_names = [f"epoch{i + 1:03d}" for i in range(len(mids))]
+    truth = {
+        "kind": cfg.KIND,
+        "detector_pixel_scale": scale * ins.oversample,
+        "image_pixel_scale": scale,
+        "filters": list(cfg.filters),
+        "volcanoes": [v.name for v in cfg.io.volcanoes],
+        "dark": t.dark,
+        "jitter": t.jitter,
+        "read_noise": t.read_noise,
+        "well_depth": t.well_depth,
+        "epochs": [
+            {"name": name, "mjd": mjd, "sub_longitude": float(scene.sub_longitude(tm))}
+            for name, mjd, tm in zip(epoch_names, mids, times, strict=True)
+        ],
+        "exposure_epoch": {
+            n: None if e.epoch is None else epoch_names[e.epoch]
+            for n, e in zip(names, plan, strict=True)
+        },
+        "exposures": _exposure_table(plan, names, facts),
+        "config": config_to_dict(cfg),
+    }
+    arrays = {
+        "images": images,
+        "log_images": log_images,
+        "spot_xy": np.stack([np.asarray(xy) for xy, _ in spots]),
+        "spot_visibility": np.stack([np.asarray(v) for _, v in spots]),
+        "aberrations": aberrations,
+        **{k: detector[k] for k in ("flat", "ipc", "bfe", "nonlinearity")},
+        "bad_pixels": bad,
+        "positions": np.stack([e.local["position"] for e in plan]),
+        "log_fluxes": np.stack([e.local["log_flux"] for e in plan]),
+        "spectral_slopes": np.stack([e.local["spectral_slope"] for e in plan]),
+    }
+    _write_truth(folder, truth, arrays)
+    return names
+
+
+def _exposure_table(plan: list[_Planned], names: list[str], facts: dict) -> dict[str, dict]:
+    """Per-exposure truth for truth.json: identity, pointing, ramp; `index` is the row in
+    the per-exposure arrays of truth.npz."""
+    return {
+        name: {
+            "index": i,
+            "file": f"{name}_calslope.fits",
+            "role": e.role,
+            "target": e.target,
+            "filter": e.filter,
+            "expmid": e.expmid,
+            "roll": e.roll,
+            "dither": list(e.dither),
+            "nints": e.nints,
+            **facts[name],
+        }
+        for i, (name, e) in enumerate(zip(names, plan, strict=True))
+    }
+
+
+def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> list[str]:
+    """Simulate the dithered star-field workload into `folder`; returns the exposure names."""
+    truth_seed, bad_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(3)
+    rng = np.random.default_rng(truth_seed)
+    ins, stars = cfg.instrument, cfg.stars
+    zernikes = tuple(range(4, 4 + ins.n_zernikes))
+    model = field_model(
+        ins.npix, ins.oversample, ins.pupil_npix, ins.nwavels, ins.diameter, zernikes,
+        (cfg.filter,), ins.pixel_scale,
+    )  # fmt: skip
+    aberrations = cfg.aberration_rms * rng.standard_normal(ins.n_zernikes)
+    flat = 1.0 + cfg.pixel_response_scatter * rng.standard_normal((ins.npix, ins.npix))
+    positions = rng.uniform(-stars.size / 2, stars.size / 2, (stars.n_stars, 2))
+    log_fluxes = rng.uniform(stars.log_flux_min, stars.log_flux_max, stars.n_stars)
+    bad = bad_pixel_mask(np.random.default_rng(bad_seed), ins.npix, cfg.bad_pixel_fraction)
+    params = _arrays(
+        {
+            **nominal_detector(ins.npix, 1),
+            "flat": flat,
+            "read_noise": cfg.read_noise,
+            "aberrations": aberrations,
+            "positions": positions,
+            "log_fluxes": log_fluxes,
+            "spectral_slope": 0.0,
+        }
+    )
+    duration = cfg.nints * cfg.ngroups * ins.group_time / 86400  # days
+    plan = [
+        _Planned(
+            role="field",
+            target="FIELD",
+            epoch=0,
+            filter=cfg.filter,
+            expmid=cfg.start_mjd + d * duration,
+            roll=0.0,
+            nints=cfg.nints,
+            ngroups=cfg.ngroups,
+            observation=1,
+            exposure=d + 1,
+            dither=dither,
+        )
+        for d, dither in enumerate(cfg.dithers)
+    ]
+    names = [exposure_name(cfg.program, e.observation, e.exposure) for e in plan]
+    readout = _Readout(cfg.read_noise, ins.group_time, math.inf, "CLEAR", cfg.program)
+    facts = _observe(
+        model, plan, names, lambda e: params, bad, readout, noise_seed, folder, progress
+    )
+    truth = {
+        "kind": cfg.KIND,
+        "detector_pixel_scale": ins.pixel_scale,
+        "filters": [cfg.filter],
+        "read_noise": cfg.read_noise,
+        "epochs": [{"name": "field", "mjd": cfg.start_mjd}],
+        "exposure_epoch": dict.fromkeys(names, "field"),
+        "exposures": _exposure_table(plan, names, facts),
+        "config": config_to_dict(cfg),
+    }
+    arrays = {
+        "positions": positions,
+        "log_fluxes": log_fluxes,
+        "aberrations": aberrations,
+        "flat": flat,
+        "dithers": np.asarray(cfg.dithers, dtype=np.float64),
+        "bad_pixels": bad,
+    }
+    _write_truth(folder, truth, arrays)
+    return names
+
+
+def simulate(config: Config, out: str | os.PathLike, progress: bool = True) -> list[Path]:
+    """Simulate the workload a config describes into folder `out` (see module docstring).
+
+    Returns the exposure files written. Raises FileExistsError, before any work, if `out`
+    exists and is neither empty nor a previous simulation.
+    """
+    out = Path(out)
+    run = _simulate_flatfield if isinstance(config, FlatFieldConfig) else _simulate_io
+    with _staging(out) as folder:
+        names = run(config, folder, progress)
+    return [out / f"{n}_calslope.fits" for n in names]

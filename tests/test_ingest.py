@@ -1,0 +1,394 @@
+"""FITS → campaign store: validation, idempotence, appends, epochs, atomicity, the CLI."""
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import zarr
+from astropy.io import fits
+
+from scaling._zarr import StoreError
+from scaling.fitsio import read_exposure
+from scaling.ingest import (
+    add_ingest_parser,
+    ingest,
+    load_epoch_table,
+    summary_table,
+)
+from scaling.store import Campaign, previous_store
+from scaling.validate import IngestError
+from tests.campaign_files import (
+    make_record,
+    records_equal,
+    tree_digest,
+    write,
+    write_campaign,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    """(files, store path) of 2 epochs × 2 exposures + 1 calibrator, already ingested."""
+    files = write_campaign(tmp_path / "fits")
+    store = tmp_path / "c.zarr"
+    ingest(files, store, progress=False)
+    return files, store
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scaling")
+    add_ingest_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+    files = write_campaign(tmp_path / "fits", nepochs=2, per_epoch=2, ncal=2)
+    result = ingest([str(tmp_path / "fits" / "*.fits")], tmp_path / "c.zarr", progress=False)
+    assert len(result.added) == len(files) and result.skipped == ()
+    campaign = Campaign.open(tmp_path / "c.zarr")
+    records = campaign.read(campaign.names)
+    by_file = {campaign.info(n).source_file: r for n, r in records.items()}
+    for path in files:
+        assert records_equal(by_file[path.name], read_exposure(path))
+    for name in campaign.names:
+        group = zarr.open_group(tmp_path / "c.zarr" / "exposures" / name, mode="r")
+        assert [group[a].dtype for a in ("slope", "variance", "badpix")] == [
+            np.float64,
+            np.float64,
+            np.bool_,
+        ]
+
+
+def test_reingest_is_a_no_op_and_new_files_append(tmp_path):
+    files = write_campaign(tmp_path / "fits")
+    store = tmp_path / "c.zarr"
+    first = ingest(files[:2], store, progress=False)
+    before = tree_digest(store)
+    again = ingest(files[:2], store, progress=False)
+    assert again.added == () and again.skipped == tuple(files[:2])
+    assert tree_digest(store) == before
+    more = ingest(files, store, progress=False)
+    assert len(more.added) == len(files) - 2
+    assert set(Campaign.open(store).names) == set(first.added) | set(more.added)
+    assert not list(tmp_path.glob(".c.zarr.*"))
+
+
+def test_epochs_by_time_window(tmp_path):
+    files = write_campaign(tmp_path / "fits", nepochs=3, per_epoch=2, ncal=1, hours_apart=5)
+    narrow = ingest(files, tmp_path / "a.zarr", window_hours=1, progress=False).campaign
+    assert list(narrow.epochs) == ["IO_001", "IO_002", "IO_003"]
+    assert all(len(v) == 2 for v in narrow.epochs.values())
+    assert narrow.epoch_rule == {"window_hours": 1}
+    assert [e.epoch for e in narrow.exposures if e.role == "calibrator"] == [None]
+    wide = ingest(files, tmp_path / "b.zarr", window_hours=6, progress=False).campaign
+    assert [len(v) for v in wide.epochs.values()] == [4, 2]
+
+
+def test_epochs_from_a_table(tmp_path):
+    files = write_campaign(tmp_path / "fits", nepochs=2, per_epoch=2, ncal=1)
+    probe = ingest(files, tmp_path / "probe.zarr", progress=False).campaign
+    science = [e.name for e in probe.exposures if e.role == "science"]
+    table_file = tmp_path / "epochs.toml"
+    table_file.write_text(f"[epochs]\nearly = {json.dumps(science[:3])}\nlate = {science[3:]!r}\n")
+    table = load_epoch_table(table_file)
+    store = tmp_path / "c.zarr"
+    campaign = ingest(files[:4], store, epoch_table=table, progress=False).campaign
+    assert campaign.epochs == {"early": tuple(science[:3]), "late": (science[3],)}
+    assert campaign.epoch_rule == {"table": True}
+    extra = write(tmp_path / "fits", make_record(7, 1, 60003.0))
+    with pytest.raises(IngestError, match=r"science exposures in no epoch: jw01373007001"):
+        ingest([extra], store, progress=False)
+    calibrator = next(e.name for e in probe.exposures if e.role == "calibrator")
+    with pytest.raises(IngestError, match=rf"late: {calibrator} is a calibrator"):
+        ingest(files, tmp_path / "d.zarr", epoch_table={**table, "late": [calibrator]})
+    with pytest.raises(IngestError, match="is in both"):
+        ingest(files, tmp_path / "e.zarr", epoch_table={**table, "late": science}, progress=False)
+
+
+def test_summary_table_counts_per_target_filter_epoch(campaign):
+    _, store = campaign
+    text = summary_table(Campaign.open(store), added=Campaign.open(store).names[:1])
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "target",
+        "role",
+        "epoch",
+        "filter",
+        "exposures",
+        "new",
+        "mid-time",
+        "(MJD)",
+    ]
+    assert [line.split()[:5] for line in lines[1:]] == [
+        ["CAL1", "calibrator", "-", "F430M", "1"],
+        ["IO", "science", "IO_001", "F430M", "2"],
+        ["IO", "science", "IO_002", "F430M", "2"],
+    ]
+
+
+# --- bad input: each names the file and the field, and leaves the store as it was ----------
+
+
+def _truncated(folder: Path) -> Path:
+    path = write(folder, make_record(5, 1, 60001.0), "truncated.fits")
+    path.write_bytes(path.read_bytes()[:-1000])
+    return path
+
+
+def _not_fits(folder: Path) -> Path:
+    path = folder / "notes.fits"
+    path.write_text("SIMPLE? no, this is a text file\n")
+    return path
+
+
+def _without(folder: Path, *, extension: str | None = None, keyword: str | None = None) -> Path:
+    path = write(folder, make_record(5, 1, 60001.0), "stripped.fits")
+    with fits.open(path) as hdul:
+        hdus = fits.HDUList([h.copy() for h in hdul if h.name != extension])
+    if keyword:
+        del hdus[0].header[keyword]
+    hdus.writeto(path, overwrite=True)
+    return path
+
+
+def _bad(name: str, **changes):
+    def make(folder: Path) -> Path:
+        good = make_record(5, 1, 60001.0)
+        changed = {k: v(good) if callable(v) else v for k, v in changes.items()}
+        return write(folder, dataclasses.replace(good, **changed), f"{name}.fits")
+
+    return make
+
+
+def _set(array_name: str, value: float, masked: bool = False):
+    def change(record):
+        array = getattr(record, array_name).copy()
+        y, x = np.argwhere(record.badpix if masked else ~record.badpix)[0]
+        array[1, y, x] = value
+        return array
+
+    return change
+
+
+def _duplicate(folder: Path) -> Path:
+    record = make_record(1, 1, 60000.0)
+    return write(folder, dataclasses.replace(record, slope=record.slope * 2), "again.fits")
+
+
+BAD_INPUTS = {
+    "truncated": (_truncated, "truncated.fits: file is truncated"),
+    "not FITS": (_not_fits, "notes.fits: not a readable FITS file"),
+    "missing extension": (
+        lambda f: _without(f, extension="VARIANCE"),
+        "stripped.fits: missing extension VARIANCE",
+    ),
+    "missing keyword": (
+        lambda f: _without(f, keyword="NGROUPS"),
+        "stripped.fits: missing header keyword NGROUPS",
+    ),
+    "mismatched shapes": (
+        _bad("shapes", variance=lambda r: r.variance[:, :, :-1]),
+        r"shapes.fits: extension VARIANCE: expected shape \(3, 8, 8\), got \(3, 8, 7\)",
+    ),
+    "NaN slope": (_bad("nan", slope=_set("slope", np.nan)), "nan.fits: SLOPE: 1 values are NaN"),
+    "inf slope on a masked pixel": (
+        _bad("inf", slope=_set("slope", np.inf, masked=True)),
+        "inf.fits: SLOPE: 1 values are NaN or inf",
+    ),
+    "zero variance": (
+        _bad("zero", variance=_set("variance", 0.0)),
+        "zero.fits: VARIANCE: 1 unmasked values are <= 0",
+    ),
+    "negative variance": (
+        _bad("negative", variance=_set("variance", -1.0)),
+        "negative.fits: VARIANCE: 1 unmasked values are <= 0",
+    ),
+    "all pixels masked": (
+        _bad("masked", badpix=lambda r: np.ones_like(r.badpix)),
+        "masked.fits: BADPIX: every pixel is masked",
+    ),
+    "unknown filter": (
+        _bad("filter", filter="F999M"),
+        "filter.fits: FILTER: unknown filter 'F999M'",
+    ),
+    "duplicate exposure": (
+        _duplicate,
+        "again.fits: PROGRAM/OBSERVTN/VISIT/EXPOSURE: exposure jw01373001001_01101_00001_nis "
+        "is already in .* with different content",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_names_file_and_field_and_leaves_store_untouched(case, campaign, tmp_path):
+    files, store = campaign
+    make, message = BAD_INPUTS[case]
+    new = write(tmp_path / "new", make_record(6, 1, 60002.0))
+    bad = make(tmp_path / "new")
+    before = tree_digest(store)
+    with pytest.raises(IngestError, match=message):
+        ingest([*files, new, bad], store, progress=False)
+    assert tree_digest(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "fits", "new"]
+
+
+def test_bad_input_on_the_command_line_exits_nonzero(campaign, tmp_path, capsys):
+    files, store = campaign
+    bad = _bad("filter", filter="F999M")(tmp_path)
+    assert _cli(["ingest", str(bad), "--out", str(store), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "filter.fits: FILTER: unknown filter" in err and err.count("\n") == 1
+    assert _cli(["ingest", *map(str, files), "--out", str(tmp_path / "d.zarr"), "--quiet"]) == 0
+    assert (
+        "5 exposures added, 0 already present; 5 exposures in 2 epochs" in capsys.readouterr().out
+    )
+
+
+def test_empty_glob_and_missing_file(tmp_path):
+    with pytest.raises(IngestError, match=r"nothing-\*\.fits: the pattern matches no file"):
+        ingest([str(tmp_path / "nothing-*.fits")], tmp_path / "c.zarr")
+    with pytest.raises(IngestError, match=r"absent\.fits: no such file"):
+        ingest([tmp_path / "absent.fits"], tmp_path / "c.zarr")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    files = write_campaign(tmp_path / "fits", nepochs=1, ncal=0)
+    out = tmp_path / "c.zarr"
+    out.write_text("not a store")
+    with pytest.raises(IngestError, match=r"c\.zarr: the output path is a file"):
+        ingest(files, out, progress=False)
+    assert out.read_text() == "not a store"
+
+
+def test_store_of_another_schema_version_is_refused(campaign, tmp_path):
+    _, store = campaign
+    root = zarr.open_group(store, mode="r+", use_consolidated=True)
+    root.attrs["schema_version"] = 99
+    before = tree_digest(store)
+    new = write(tmp_path, make_record(6, 1, 60002.0))
+    with pytest.raises(StoreError, match=r"schema_version: this code reads version 1, .* with 99"):
+        ingest([new], store, progress=False)
+    with pytest.raises(StoreError, match="schema_version"):
+        Campaign.open(store)
+    assert tree_digest(store) == before
+
+
+def test_failed_ingest_into_an_fsspec_url_leaves_no_trace(tmp_path):
+    files = write_campaign(tmp_path / "fits")
+    url = "memory://failed-ingest/c.zarr"
+    ingest(files[:3], url, progress=False)
+    fs = fsspec.filesystem("memory")
+    before = {p: fs.cat(p) for p in fs.find("/failed-ingest")}
+    bad = _bad("nan", slope=_set("slope", np.nan))(tmp_path)
+    with pytest.raises(IngestError, match=r"nan\.fits: SLOPE"):
+        ingest([*files, bad], url, progress=False)  # files[3:] are written, then removed
+    assert {p: fs.cat(p) for p in fs.find("/failed-ingest")} == before
+    assert len(Campaign.open(url).names) == 3
+
+
+# --- killed mid-way: the old store or the complete new one -----------------------------
+
+_SLOW_INGEST = """
+import sys, time
+import scaling.ingest as ingest_module
+
+marker, out, *files = sys.argv[1:]
+write = ingest_module._write_exposure
+written = []
+
+def slow_write(store, name, checked):
+    write(store, name, checked)
+    written.append(name)
+    if len(written) == 2:
+        open(marker, "w").close()
+        time.sleep(120)
+
+ingest_module._write_exposure = slow_write
+ingest_module.ingest(files, out, progress=False)
+"""
+
+
+def _kill_midway(out: str, files: list[Path], marker: Path) -> None:
+    """Run an ingest in a subprocess and SIGKILL it after its second exposure."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    args = [sys.executable, "-c", _SLOW_INGEST, str(marker), out, *map(str, files)]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the ingest never reached its second exposure"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
+@pytest.mark.parametrize("url", [False, True], ids=["local path", "file:// url"])
+def test_killed_ingest_leaves_old_store_then_completes(tmp_path, url):
+    files = write_campaign(tmp_path / "fits", nepochs=3, per_epoch=2, ncal=1)
+    path = tmp_path / "c.zarr"
+    out = f"file://{path}" if url else str(path)
+    old = ingest(files[:2], out, progress=False).campaign.names
+    before = tree_digest(path)
+    _kill_midway(out, files, tmp_path / "marker")
+    survivor = Campaign.open(out)
+    assert survivor.names == old
+    assert all(r.slope.shape == (3, 8, 8) for r in survivor.read(old).values())
+    if not url:
+        assert tree_digest(path) == before
+    done = ingest(files, out, progress=False)
+    assert len(done.added) == len(files) - 2
+    assert len(Campaign.open(out).names) == len(files)
+    assert not list(tmp_path.glob(".c.zarr.*"))
+    assert sorted(p.name for p in (path / "exposures").iterdir()) == sorted(
+        ["zarr.json", *Campaign.open(out).names]
+    )
+
+
+def test_swap_cut_between_renames_is_repaired(campaign):
+    files, store = campaign
+    names = Campaign.open(store).names
+    store.rename(previous_store(store))  # as if killed between the two renames
+    assert Campaign.open(store).names == names
+    assert ingest(files, store, progress=False).added == ()
+    assert store.is_dir() and not previous_store(store).exists()
+
+
+# --- the simulator's campaign ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_simulated_campaign_round_trips_and_epochs_match_truth(tmp_path):
+    from scaling.config import load_config
+    from scaling.simulate import load_truth, simulate
+
+    folder = tmp_path / "sim"
+    files = simulate(load_config(REPO / "configs" / "io_test.toml"), folder, progress=False)
+    campaign = ingest(files, tmp_path / "c.zarr", progress=False).campaign
+    records = campaign.read(campaign.names)
+    assert set(records) == {f.name.removesuffix("_calslope.fits") for f in files}
+    for name, record in records.items():
+        assert records_equal(record, read_exposure(folder / campaign.info(name).source_file))
+    truth, _ = load_truth(folder)
+    true_epochs: dict[str, set[str]] = {}
+    for name, epoch in truth["exposure_epoch"].items():
+        if epoch is not None:
+            true_epochs.setdefault(epoch, set()).add(name)
+    assert sorted(map(sorted, true_epochs.values())) == sorted(
+        map(sorted, campaign.epochs.values())
+    )
+    roles = {n: e["role"] for n, e in truth["exposures"].items()}
+    assert {e.name: e.role for e in campaign.exposures} == roles
