@@ -33,6 +33,12 @@ def _tridiagonal_whiten(resid, diag, off):
     return jnp.concatenate([y0[None], ys]), jnp.concatenate([jnp.log(l0)[None], logls])
 
 
+def _masked(data: Float[Array, "... p p"], bad: Bool[Array, "p p"]) -> Float[Array, "... p p"]:
+    """Data with bad pixels set to 0, so a NaN or inf there (common in JWST products)
+    cannot reach the value or, through `0 * nan` in the backward pass, the gradient."""
+    return jnp.where(bad, 0.0, data)
+
+
 def whitened_residuals(
     data: Float[Array, "s p p"],
     model: Float[Array, "s p p"],
@@ -59,7 +65,7 @@ def gaussian_nll(
     diagonal: bool = False,
 ) -> Float[Array, ""]:
     """Negative log-likelihood of the slopes of all good pixels (bad pixels masked)."""
-    y, logl = whitened_residuals(data, model, read_noise, nints, diagonal)
+    y, logl = whitened_residuals(_masked(data, bad), model, read_noise, nints, diagonal)
     per_pixel = 0.5 * jnp.sum(y**2 + 2 * logl + jnp.log(2 * jnp.pi), axis=0)
     return jnp.sum(jnp.where(bad, 0.0, per_pixel))
 
@@ -73,7 +79,7 @@ def chi_squared(
     diagonal: bool = False,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """(χ², number of measurements) over good pixels; χ²/n is the reduced chi-squared."""
-    y, _ = whitened_residuals(data, model, read_noise, nints, diagonal)
+    y, _ = whitened_residuals(_masked(data, bad), model, read_noise, nints, diagonal)
     good = ~bad
     return jnp.sum(jnp.where(good, jnp.sum(y**2, axis=0), 0.0)), y.shape[0] * jnp.sum(good)
 
@@ -83,5 +89,6 @@ def poisson_nll(
 ) -> Float[Array, ""]:
     """Negative log-likelihood of photon counts given model means (bad pixels masked)."""
     mu = jnp.maximum(model, 1e-30)
+    counts = _masked(counts, bad)
     per = mu - counts * jnp.log(mu) + gammaln(counts + 1)
     return jnp.sum(jnp.where(bad, 0.0, per))

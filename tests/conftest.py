@@ -1,0 +1,42 @@
+"""Suite-wide setup: float64 JAX and session-scoped tiny models shared by the physics tests.
+
+`import model` turns float64 on; the assertion below fails loudly if that ever changes,
+because every tolerance in the physics tests assumes double precision.
+"""
+
+import jax
+import pytest
+
+import model  # noqa: F401
+from tests.helpers import (
+    generic_ami_params,
+    generic_field_params,
+    tiny_ami_model,
+    tiny_field_model,
+)
+
+assert jax.config.jax_enable_x64, "import model must enable float64"
+
+
+@pytest.fixture(scope="session")
+def ami():
+    """Tiny NIRISS AMI exposure model (16 px, 2× oversampled, 64² pupil, 3 wavelengths)."""
+    return tiny_ami_model()
+
+
+@pytest.fixture(scope="session")
+def field():
+    """Tiny filled-aperture star-field model on the same grids."""
+    return tiny_field_model()
+
+
+@pytest.fixture(scope="session")
+def ami_params():
+    """Generic resolved-source parameters: off-centre, aberrated, non-flat image, BFE, …"""
+    return generic_ami_params()
+
+
+@pytest.fixture(scope="session")
+def field_params():
+    """Generic three-star field parameters."""
+    return generic_field_params()
