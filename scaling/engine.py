@@ -1,4 +1,16 @@
-"""The single-process fitting loop: jitted, vmapped, optionally sharded over local devices."""
+"""The fitting step, split the way the cluster runs it, and the single-process loop.
+
+A step has two halves that the single process and the Ray cluster share:
+
+* `Fitter.local_step` (a worker's half): loss and gradient over its exposures, the update
+  of its local parameters (epoch images, per-exposure parameters), and its partial
+  gradient of the shared parameters, returned unapplied;
+* `Fitter.shared_step` (the coordinator's half): the summed shared gradient is scaled,
+  hooked and applied to the shared parameters.
+
+The single process runs both on all exposures; a cluster runs `local_step` on every
+worker and sums their shared gradients in a fixed order before `shared_step`.
+"""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,14 +29,30 @@ from scaling.optimisers import OptimiserSpec, build_optimiser
 from scaling.partition import Batch
 from scaling.precondition import fisher_diagonal
 
+LOCAL = ("epoch", "exposure")
 
-def renormalise_images(params: dict) -> dict:
-    """Shift each log-image so that its exponential sums to 1 (the loss is unchanged)."""
-    if "log_image" not in params["epoch"]:
-        return params
-    log_image = params["epoch"]["log_image"]
+
+def split(tree: dict) -> tuple[dict, dict]:
+    """({"shared": …}, {"epoch": …, "exposure": …}) parts of a parameter-shaped tree."""
+    return {"shared": tree["shared"]}, {k: tree[k] for k in LOCAL}
+
+
+def join(shared: dict, local: dict) -> dict:
+    """Inverse of `split`."""
+    return {**shared, **local}
+
+
+def renormalise_images(local: dict) -> dict:
+    """Shift each log-image so its exponential sums to 1 (the loss is unchanged)."""
+    if "log_image" not in local["epoch"]:
+        return local
+    log_image = local["epoch"]["log_image"]
     lse = jax.scipy.special.logsumexp(log_image, axis=(-2, -1), keepdims=True)
-    return {**params, "epoch": {**params["epoch"], "log_image": log_image - lse}}
+    return {**local, "epoch": {**local["epoch"], "log_image": log_image - lse}}
+
+
+def _sum_squares(tree) -> jax.Array:
+    return sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))
 
 
 @dataclass
@@ -36,8 +64,9 @@ class FitSettings:
         reg_weights: regulariser name → weight, applied once per epoch image.
         diagonal: use the diagonal-only slope covariance in the likelihood.
         grad_hook: optional pure function (grads, params) → grads, after preconditioning.
-        param_hook: optional pure function params → params, after each update and
-            after image renormalisation.
+            It is called on each part separately: once with {"shared": …} trees and once
+            with {"epoch": …, "exposure": …} trees, so it must handle either.
+        param_hook: optional pure function params → params after each update (same parts).
     """
 
     optimisers: dict[str, OptimiserSpec]
@@ -48,57 +77,122 @@ class FitSettings:
 
 
 class Fitter(eqx.Module):
-    """A compiled step of a campaign fit: loss, gradient, preconditioning, update."""
+    """The two compiled halves of a step, with the preconditioning scale fixed at the start.
+
+    Attributes:
+        model: the forward model.
+        scale: parameter-shaped tree dividing the gradient (inverse Fisher diagonal for
+            preconditioned parameters, 1 elsewhere).
+    """
 
     model: ExposureModel
-    optimiser: optax.GradientTransformation = eqx.field(static=True)
-    settings: FitSettings = eqx.field(static=True)
     scale: dict
+    settings: FitSettings = eqx.field(static=True)
+    shared_optimiser: optax.GradientTransformation = eqx.field(static=True)
+    local_optimiser: optax.GradientTransformation = eqx.field(static=True)
 
-    @eqx.filter_jit
-    def step(self, params: dict, opt_state, batches: list[Batch]):
-        """One full-batch step → (params, opt_state, loss terms at the old params)."""
+    def init(self, params: dict) -> tuple:
+        """(shared optimiser state, local optimiser state) for `params`."""
+        shared, local = split(params)
+        return self.shared_optimiser.init(shared), self.local_optimiser.init(local)
 
-        def total(p):
-            t = loss_terms(
-                self.model, p, batches, self.settings.reg_weights, self.settings.diagonal
-            )
-            return t["total"], t
-
-        (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params)
-        grads = jax.tree.map(lambda g, s: g / s, grads, self.scale)
+    def _hooked(self, grads, params, scale):
+        grads = jax.tree.map(jnp.divide, grads, scale)
         if self.settings.grad_hook is not None:
             grads = self.settings.grad_hook(grads, params)
-        updates, opt_state = self.optimiser.update(grads, opt_state, params)
-        params = renormalise_images(optax.apply_updates(params, updates))
+        return grads
+
+    def _updated(self, optimiser, grads, state, params):
+        updates, state = optimiser.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
         if self.settings.param_hook is not None:
             params = self.settings.param_hook(params)
-        terms = {**terms, "grad_norm": optax.tree.norm(grads)}
-        return params, opt_state, terms
+        return params, state
+
+    @eqx.filter_jit
+    def local_step(self, params: dict, local_state, batches: list[Batch]):
+        """A worker's half step on `batches` with all of `params` (shared + its local).
+
+        Returns:
+            (new local parameters, new local state, shared gradient (unscaled, this
+            worker's part of the sum), loss terms incl. "local_sumsq" of the scaled local
+            gradient).
+        """
+
+        def total(p):
+            terms = loss_terms(
+                self.model, p, batches, self.settings.reg_weights, self.settings.diagonal
+            )
+            return terms["total"], terms
+
+        (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params)
+        shared_grads, local_grads = split(grads)
+        _, local = split(params)
+        local_grads = self._hooked(local_grads, local, split(self.scale)[1])
+        local, local_state = self._updated(self.local_optimiser, local_grads, local_state, local)
+        local = renormalise_images(local)
+        return local, local_state, shared_grads, {**terms, "local_sumsq": _sum_squares(local_grads)}
+
+    @eqx.filter_jit
+    def shared_step(self, shared: dict, shared_state, shared_grads: dict):
+        """The coordinator's half: apply the summed shared gradient → (shared, state, sumsq)."""
+        grads = self._hooked(shared_grads, shared, split(self.scale)[0])
+        shared, shared_state = self._updated(self.shared_optimiser, grads, shared_state, shared)
+        return shared, shared_state, _sum_squares(grads)
+
+    def step(self, params: dict, state: tuple, batches: list[Batch]):
+        """One full-batch step in one process → (params, state, loss terms at the old params)."""
+        shared_state, local_state = state
+        local, local_state, shared_grads, terms = self.local_step(params, local_state, batches)
+        shared, shared_state, shared_sumsq = self.shared_step(
+            split(params)[0], shared_state, shared_grads
+        )
+        return join(shared, local), (shared_state, local_state), summarise(terms, shared_sumsq)
 
 
-def make_fitter(model: ExposureModel, params: dict, batches: list[Batch], settings: FitSettings):
-    """Build the optimiser and the Fisher scaling (computed once, at `params`)."""
+def summarise(terms: dict, shared_sumsq) -> dict[str, float]:
+    """Loss terms as floats with the global norm of the scaled gradient ("grad_norm")."""
+    out = {k: float(v) for k, v in terms.items() if k != "local_sumsq"}
+    out["grad_norm"] = float(np.sqrt(float(terms["local_sumsq"]) + float(shared_sumsq)))
+    return out
+
+
+def make_fitter(
+    model: ExposureModel,
+    params: dict,
+    batches: list[Batch],
+    settings: FitSettings,
+    scale: dict | None = None,
+) -> Fitter:
+    """Build the optimisers and the Fisher scaling (computed at `params` unless given)."""
     names = [n for n, s in settings.optimisers.items() if s.precondition]
-    scale = fisher_diagonal(model, params, batches, names) if names else None
     if scale is None:
-        scale = jax.tree.map(jnp.ones_like, params)
-    optimiser = build_optimiser(params, settings.optimisers)
-    return Fitter(model, optimiser, settings, scale)
+        scale = (
+            fisher_diagonal(model, params, batches, names)
+            if names
+            else jax.tree.map(jnp.ones_like, params)
+        )
+    shared, local = split(params)
+    return Fitter(
+        model,
+        scale,
+        settings,
+        build_optimiser(shared, settings.optimisers),
+        build_optimiser(local, settings.optimisers),
+    )
 
 
 def shard_batches(batches: list[Batch], devices=None) -> list[Batch]:
     """Place each batch's exposure axis across local devices (padding with zero weight)."""
     devices = jax.local_devices() if devices is None else devices
     n = len(devices)
-    mesh = Mesh(np.asarray(devices), ("exposures",))
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("exposures",)), PartitionSpec("exposures"))
     out = []
     for b in batches:
         pad = (-b.size) % n
         if pad:
             b = jax.tree.map(lambda x, k=pad: jnp.concatenate([x, jnp.repeat(x[:1], k, axis=0)]), b)
             b = eqx.tree_at(lambda t: t.weight, b, b.weight.at[-pad:].set(0.0))
-        sharding = NamedSharding(mesh, PartitionSpec("exposures"))
         out.append(jax.device_put(b, sharding))
     return out
 
@@ -108,7 +202,7 @@ class FitResult:
     """Final parameters, optimiser state and the history of every loss term per step."""
 
     params: dict
-    opt_state: object
+    state: tuple
     history: dict[str, np.ndarray]
     step: int
 
@@ -118,23 +212,23 @@ def run(
     params: dict,
     batches: list[Batch],
     steps: int,
-    opt_state=None,
+    state: tuple | None = None,
     start_step: int = 0,
     progress: bool = True,
     callback: Callable | None = None,
 ) -> FitResult:
-    """Run `steps` steps from `start_step`; `callback(step, params, opt_state, terms)` each step."""
-    params = renormalise_images(params)
-    opt_state = fitter.optimiser.init(params) if opt_state is None else opt_state
+    """Run `steps` steps from `start_step`; `callback(step, params, state, terms)` after each."""
+    shared, local = split(params)
+    params = join(shared, renormalise_images(local))
+    state = fitter.init(params) if state is None else state
     history: dict[str, list[float]] = {}
     bar = tqdm(range(start_step, start_step + steps), disable=not progress, desc="fit")
     for step in bar:
-        params, opt_state, terms = fitter.step(params, opt_state, batches)
-        terms = {k: float(v) for k, v in terms.items()}
+        params, state, terms = fitter.step(params, state, batches)
         for k, v in terms.items():
             history.setdefault(k, []).append(v)
         bar.set_postfix(loss=f"{terms['total']:.6g}")
         if callback is not None:
-            callback(step + 1, params, opt_state, terms)
+            callback(step + 1, params, state, terms)
     hist = {k: np.asarray(v) for k, v in history.items()}
-    return FitResult(params, opt_state, hist, start_step + steps)
+    return FitResult(params, state, hist, start_step + steps)

@@ -115,7 +115,7 @@ def test_resume_equals_uninterrupted(campaign, fitted):
     *_, batches = campaign
     fitter, start, _, full = fitted
     first = run(fitter, start, batches, 1, progress=False)
-    rest = run(fitter, first.params, batches, 2, first.opt_state, first.step, progress=False)
+    rest = run(fitter, first.params, batches, 2, first.state, first.step, progress=False)
     assert rest.step == full.step == 3
     for a, b in zip(jax.tree.leaves(rest.params), jax.tree.leaves(full.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
