@@ -4,6 +4,7 @@
     scaling demo CONFIG.toml --out DIR       simulate, then draw PNGs of it into DIR
     scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr   FITS exposures → Zarr campaign store
     scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
+    scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
 
 A bad config or path prints one line to stderr and exits with status 2.
 """
@@ -55,6 +56,26 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"plots     {', '.join(str(p) for p in pngs)}  ({took:.1f} s)")
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from scaling.config import FitConfig
+    from scaling.fit import fit_campaign
+
+    try:
+        config = load_config(args.config)
+        if not isinstance(config, FitConfig):
+            raise ValueError(f"{args.config}: kind: expected 'fit', got {config.KIND!r}")
+        outcome = fit_campaign(config, resume=args.resume, progress=not args.quiet)
+    except (ValueError, OSError) as err:
+        print(f"scaling fit: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"fit       {outcome.step} steps, final loss {outcome.history['total'][-1]:.6g}, "
+        f"reduced chi2 {outcome.reduced_chi2:.3f}, results {config.results}, "
+        f"MLflow run {outcome.run_id}"
+    )
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], object]]] = {
     "simulate": ("simulate a campaign from a TOML config into a folder", _simulate),
     "demo": ("simulate a campaign and draw PNGs of it into the same folder", _demo),
@@ -73,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
     add_ingest_parser(commands)
     add_export_parser(commands)
+    fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
+    fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")
+    fit.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(handler=_fit)
     return parser
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from model.constants import FILTERS, PIXEL_SCALE
+from model.regularisers import REGULARISERS
+from scaling.partition import ROLES
 
 
 class ConfigError(ValueError):
@@ -338,8 +340,90 @@ class FlatFieldConfig:
         _require(len(self.dithers) > 0, "dithers", "at least one [x, y] dither", self.dithers)
 
 
-Config = CampaignConfig | FlatFieldConfig
-KINDS: dict[str, type[Config]] = {c.KIND: c for c in (CampaignConfig, FlatFieldConfig)}
+# --- a fit ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimiserConfig:
+    """How one parameter is fitted (see `scaling.optimisers.OptimiserSpec`).
+
+    kind: optax optimiser name; lr: learning rate; start: first step it moves;
+    precondition: divide its gradient by its Fisher information.
+    """
+
+    kind: str = "adam"
+    lr: float = 1e-2
+    start: int = 0
+    precondition: bool = False
+
+    def __post_init__(self):
+        _require(self.lr > 0, "lr", "a number > 0", self.lr)
+        _require(self.start >= 0, "start", "an integer >= 0", self.start)
+
+
+def _default_optimisers() -> dict[str, OptimiserConfig]:
+    return {
+        "position": OptimiserConfig("sgd", 0.5, 0, True),
+        "log_flux": OptimiserConfig("sgd", 0.5, 0, True),
+        "spectral_slope": OptimiserConfig("sgd", 0.3, 10, True),
+        "aberrations": OptimiserConfig("sgd", 0.3, 5, True),
+        "log_image": OptimiserConfig("adam", 0.05, 10),
+    }
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: `uri` empty → $MLFLOW_TRACKING_URI or ./mlflow.db; run name (optional)."""
+
+    uri: str = ""
+    run_name: str = ""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """A fit of a campaign store (`scaling fit`).
+
+    campaign: campaign store location (path or fsspec URL); results: results store
+    location; truth: optional simulation folder holding truth.json/npz to compare with;
+    steps: optimisation steps; checkpoint_every: steps between checkpoints;
+    image_npix: side of each epoch image (odd), at the oversampled PSF pixel;
+    jitter, read_noise: starting detector values (pixels, e-); diagonal: use only the
+    diagonal of the slope covariance; regularisers: name → weight per epoch image;
+    optimisers: parameter name → how it is fitted (names not listed stay fixed);
+    instrument: model sizes.
+    """
+
+    KIND: ClassVar[str] = "fit"
+
+    campaign: str = "out/io_demo/campaign.zarr"
+    results: str = "out/io_demo/results.zarr"
+    truth: str = ""
+    steps: int = 100
+    checkpoint_every: int = 25
+    image_npix: int = 67
+    jitter: float = 0.1
+    read_noise: float = 10.0
+    diagonal: bool = False
+    regularisers: dict[str, float] = field(default_factory=lambda: {"tv": 1.0})
+    optimisers: dict[str, OptimiserConfig] = field(default_factory=_default_optimisers)
+    instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        _positive_ints(self, "steps", "checkpoint_every")
+        _require(self.image_npix % 2 == 1, "image_npix", "an odd integer", self.image_npix)
+        _require(self.jitter > 0, "jitter", "pixels > 0 (0 has no gradient)", self.jitter)
+        _require(self.read_noise > 0, "read_noise", "e- > 0", self.read_noise)
+        for name in self.regularisers:
+            _require(
+                name in REGULARISERS, f"regularisers.{name}", f"one of {sorted(REGULARISERS)}", name
+            )
+        for name in self.optimisers:
+            _require(name in ROLES, f"optimisers.{name}", f"one of {sorted(ROLES)}", name)
+
+
+Config = CampaignConfig | FlatFieldConfig | FitConfig
+KINDS: dict[str, type[Config]] = {c.KIND: c for c in (CampaignConfig, FlatFieldConfig, FitConfig)}
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -357,6 +441,9 @@ def _describe(tp, plural: bool = False) -> str:
     """What a value of type `tp` looks like in TOML, e.g. 'a list of 2 numbers'."""
     if dataclasses.is_dataclass(tp):
         return "tables" if plural else "a table"
+    if typing.get_origin(tp) is dict:
+        values = _describe(typing.get_args(tp)[1], plural=True)
+        return f"tables of {values}" if plural else f"a table of {values}"
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
         variadic = len(args) == 2 and args[1] is Ellipsis
@@ -370,6 +457,11 @@ def _convert(value: Any, tp, key: str) -> Any:
     """`value` from TOML as type `tp`; ConfigError(key, …) if it is not one."""
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, _expected(_describe(tp), value))
+        item = typing.get_args(tp)[1]
+        return {name: _convert(v, item, f"{key}.{name}") for name, v in value.items()}
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
         fixed = not (len(args) == 2 and args[1] is Ellipsis)

@@ -6,6 +6,7 @@ Each epoch image carries its regulariser once (not once per exposure), with the 
 given by name (see `model.regularisers.REGULARISERS`).
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -54,3 +55,23 @@ def loss_terms(
 def loss(model, params, batches, reg_weights, diagonal: bool = False) -> Float[Array, ""]:
     """The scalar campaign loss (see `loss_terms`)."""
     return loss_terms(model, params, batches, reg_weights, diagonal)["total"]
+
+
+def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
+    """((b,) χ², (b,) measurement counts) of every exposure in `batch` (0 for padding)."""
+
+    def one(i_exp, i_epoch, spec, slopes, bad):
+        p = exposure_params(params, batch, i_exp, i_epoch)
+        return model.chi_squared(p, spec, slopes, bad, diagonal)
+
+    chi2, count = jax.vmap(one)(
+        batch.exposure_index, batch.epoch_index, batch.spec, batch.slopes, batch.bad
+    )
+    return batch.weight * chi2, batch.weight * count
+
+
+@eqx.filter_jit
+def reduced_chi_squared(model: ExposureModel, params: dict, batches: list[Batch]):
+    """Σ χ² / Σ measurements over all batches."""
+    pairs = [batch_chi_squared(model, params, b) for b in batches]
+    return sum(jnp.sum(c) for c, _ in pairs) / sum(jnp.sum(n) for _, n in pairs)

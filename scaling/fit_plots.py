@@ -1,0 +1,163 @@
+"""Pictures and truth comparisons of a fit: images beside the truth, residuals, losses, GIF."""
+
+import os
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+from matplotlib.animation import PillowWriter
+from matplotlib.figure import Figure
+from scipy.ndimage import gaussian_filter
+
+from model import ExposureModel
+from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT
+from model.likelihood import whitened_residuals
+from model.source import normalise_log_image
+from scaling.partition import Observation, exposure_params, make_batches
+from scaling.plots import _cmap, _figure, _spread
+from scaling.simulate import load_truth
+
+FWHM_PER_SIGMA = 2 * np.sqrt(2 * np.log(2))
+
+
+def resolution_arcsec(wavelength: float) -> float:
+    """λ / B_max of the mask (longest centre-to-centre baseline plus a hole), arcsec."""
+    d = HOLE_CENTRES[:, None, :] - HOLE_CENTRES[None, :, :]
+    longest = np.max(np.hypot(d[..., 0], d[..., 1])) + HOLE_FLAT_TO_FLAT
+    return wavelength / longest / ARCSEC
+
+
+def blur(image: np.ndarray, pixel_scale: float, fwhm_arcsec: float) -> np.ndarray:
+    """Gaussian blur to a FWHM in arcsec (flux preserving)."""
+    return gaussian_filter(image, fwhm_arcsec / pixel_scale / FWHM_PER_SIGMA, mode="constant")
+
+
+def centre_crop(image: np.ndarray, n: int) -> np.ndarray:
+    """Central n×n part of an odd-sided image (zero-padded if smaller)."""
+    m = image.shape[-1]
+    if m < n:
+        pad = (n - m) // 2
+        return np.pad(image, pad)
+    start = (m - n) // 2
+    return image[start : start + n, start : start + n]
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation (Pearson) of two images of the same shape."""
+    a, b = a - a.mean(), b - b.mean()
+    return float(np.sum(a * b) / np.sqrt(np.sum(a**2) * np.sum(b**2)))
+
+
+def compare_with_truth(
+    images: np.ndarray, truth_images: np.ndarray, pixel_scale: float, wavelength: float
+) -> list[float]:
+    """NCC of each recovered epoch image with its truth blurred to λ / B_max."""
+    fwhm = resolution_arcsec(wavelength)
+    n = images.shape[-1]
+    return [
+        ncc(blur(im, pixel_scale, fwhm), centre_crop(blur(t, pixel_scale, fwhm), n))
+        for im, t in zip(images, truth_images, strict=True)
+    ]
+
+
+@eqx.filter_jit
+def _whitened(model: ExposureModel, params: dict, batch):
+    def one(i_exp, i_epoch, spec, slopes):
+        p = exposure_params(params, batch, i_exp, i_epoch)
+        y, _ = whitened_residuals(slopes, model.slopes(p, spec), p["read_noise"], spec.nints)
+        return y
+
+    return jax.vmap(one)(batch.exposure_index, batch.epoch_index, batch.spec, batch.slopes)
+
+
+def residual_maps(model: ExposureModel, params: dict, observations: list[Observation], epochs):
+    """{exposure name: (p, p) mean whitened residual over slopes, NaN on bad pixels}."""
+    names = [o.name for o in observations]
+    out = {}
+    for batch in make_batches(observations, names, epochs):
+        y = np.asarray(_whitened(model, params, batch)).mean(axis=1)
+        for k, i in enumerate(np.asarray(batch.exposure_index)):
+            out[names[i]] = np.where(np.asarray(batch.bad[k]), np.nan, y[k])
+    return out
+
+
+def _extent(n: int, pixel_scale: float) -> list[float]:
+    half = n * pixel_scale / 2
+    return [-half, half, -half, half]
+
+
+def _images_png(path, images, names, pixel_scale, truth) -> None:
+    idx = _spread(len(images))
+    fig, axes = _figure(2 if truth is not None else 1, len(idx))
+    for col, i in enumerate(idx):
+        ext = _extent(images.shape[-1], pixel_scale)
+        axes[0, col].imshow(images[i], origin="lower", cmap=_cmap(), extent=ext)
+        axes[0, col].set_title(f"{names[i]} recovered")
+        if truth is not None:
+            t = centre_crop(truth[i], images.shape[-1])
+            axes[1, col].imshow(t, origin="lower", cmap=_cmap(), extent=ext)
+            axes[1, col].set_title(f"{names[i]} truth")
+    for ax in axes.ravel():
+        ax.set_xlabel("x (arcsec)")
+    fig.savefig(path, dpi=90)
+
+
+def _loss_png(path, history: dict[str, np.ndarray]) -> None:
+    fig, axes = _figure(1, 2)
+    for key in ("total", "nll", "regulariser"):
+        if key in history:
+            axes[0, 0].plot(np.abs(history[key]), label=key)
+    axes[0, 0].set(yscale="log", xlabel="step", title="loss terms")
+    axes[0, 0].legend()
+    axes[0, 1].plot(history.get("grad_norm", []))
+    axes[0, 1].set(yscale="log", xlabel="step", title="preconditioned gradient norm")
+    fig.savefig(path, dpi=90)
+
+
+def _residuals_png(path, maps: dict[str, np.ndarray]) -> None:
+    names = list(maps)
+    idx = _spread(len(names))
+    fig, axes = _figure(1, len(idx))
+    for col, i in enumerate(idx):
+        im = axes[0, col].imshow(maps[names[i]], origin="lower", cmap="RdBu_r", vmin=-3, vmax=3)
+        axes[0, col].set_title(names[i][-12:], fontsize=8)
+    fig.colorbar(im, ax=axes[0, -1], label="mean whitened residual (σ)")
+    fig.savefig(path, dpi=90)
+
+
+def _gif(path, images, names, pixel_scale) -> None:
+    fig = Figure(figsize=(4, 4), layout="constrained")
+    ax = fig.subplots()
+    writer = PillowWriter(fps=2)
+    with writer.saving(fig, str(path), dpi=80):
+        for image, name in zip(images, names, strict=True):
+            ax.clear()
+            ext = _extent(image.shape[-1], pixel_scale)
+            ax.imshow(image, origin="lower", cmap=_cmap(), extent=ext)
+            ax.set_title(name)
+            writer.grab_frame()
+
+
+def write_fit_pictures(
+    folder: str | os.PathLike,
+    model: ExposureModel,
+    result,
+    observations: list[Observation],
+    epochs: list[str],
+    truth_folder: str | None,
+) -> Path:
+    """images.png, loss.png, residuals.png and epochs.gif of a fit into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixel_scale = model.optics.psf_pixel_scale
+    images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
+    truth = load_truth(truth_folder)[1]["images"] if truth_folder else None
+    if images.size:
+        _images_png(folder / "images.png", images, epochs, pixel_scale, truth)
+        _gif(folder / "epochs.gif", images, epochs, pixel_scale)
+    _loss_png(folder / "loss.png", result.history)
+    _residuals_png(
+        folder / "residuals.png", residual_maps(model, result.params, observations, epochs)
+    )
+    return folder

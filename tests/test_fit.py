@@ -1,0 +1,93 @@
+"""`scaling fit`: store → engine → results store + MLflow run; resume equals uninterrupted."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from scaling.cli import main
+from scaling.config import load_config
+from scaling.fit import fit_campaign
+from scaling.ingest import ingest
+from scaling.results import Results
+from scaling.simulate import simulate
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    sim = root / "sim"
+    files = simulate(load_config("configs/io_test.toml"), sim, progress=False)
+    ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
+    return root, sim
+
+
+def _config(root, sim, name: str, steps: int):
+    base = load_config("configs/io_test_fit.toml")
+    tracking = dataclasses.replace(base.tracking, uri=f"sqlite:///{root / 'mlflow.db'}")
+    return dataclasses.replace(
+        base,
+        campaign=str(root / "campaign.zarr"),
+        results=str(root / f"{name}.zarr"),
+        truth=str(sim),
+        steps=steps,
+        tracking=tracking,
+    )
+
+
+@pytest.fixture(scope="module")
+def full(campaign):
+    root, sim = campaign
+    config = _config(root, sim, "full", 4)
+    return config, fit_campaign(config, progress=False)
+
+
+def test_fit_writes_results_and_mlflow_run(full):
+    config, outcome = full
+    assert outcome.step == 4
+    assert outcome.history["total"][-1] < outcome.history["total"][0]
+    snapshot = Results.open(config.results).load()
+    assert [im.name for im in snapshot.images] == ["IO_001", "IO_002"]
+    for image in snapshot.images:
+        assert image.data.shape == (37, 37)
+        assert image.data.sum() == pytest.approx(1.0, rel=1e-12)
+    assert len(snapshot.exposure_names) == 5
+    client = MlflowClient(config.tracking.uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["steps"] == "4"
+    assert run.data.params["optimisers.log_image.kind"] == "adam"
+    assert run.data.tags["results"] == config.results
+    assert "version.jax" in run.data.tags
+    totals = client.get_metric_history(outcome.run_id, "total")
+    assert [m.step for m in totals] == [1, 2, 3, 4]
+    assert run.data.metrics["reduced_chi2"] == pytest.approx(outcome.reduced_chi2)
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "pictures")}
+    assert artifacts >= {f"pictures/{n}" for n in ("images.png", "loss.png", "residuals.png")}
+    assert "pictures/epochs.gif" in artifacts
+    fits = [a.path for a in client.list_artifacts(outcome.run_id, "fits")]
+    assert len(fits) == 2 and all(p.endswith(".fits") for p in fits)
+
+
+def test_resume_equals_uninterrupted(campaign, full):
+    root, sim = campaign
+    _, uninterrupted = full
+    first = _config(root, sim, "resumed", 2)
+    half = fit_campaign(first, progress=False)
+    resumed = fit_campaign(dataclasses.replace(first, steps=4), resume=True, progress=False)
+    assert resumed.step == 4
+    assert resumed.run_id == half.run_id
+    pairs = zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params), strict=True)
+    for a, b in pairs:
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+    steps = MlflowClient(first.tracking.uri).get_metric_history(half.run_id, "total")
+    assert [m.step for m in steps] == [1, 2, 3, 4]
+
+
+def test_cli_rejects_a_simulation_config(capsys):
+    assert main(["fit", "configs/io_test.toml"]) == 2
+    assert "kind: expected 'fit'" in capsys.readouterr().err
