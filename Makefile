@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scaling demo configs/io_demo.toml --out out/io_demo
+	$(BIN)/scaling demo configs/io_demo.toml --fit configs/io_demo_fit.toml --out out/io_demo
+
+ui: $(STAMP)
+	@echo "MLflow UI at http://127.0.0.1:5000 (runs in ./mlflow.db); Ctrl-C to stop"
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,4 +31,4 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache mlflow.db mlruns

@@ -10,6 +10,7 @@ A bad config or path prints one line to stderr and exits with status 2.
 """
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,13 +48,33 @@ def _simulate(args: argparse.Namespace) -> list[Path]:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from scaling.config import FitConfig
+    from scaling.fit import fit_campaign
+    from scaling.ingest import ingest
     from scaling.plots import plot_campaign
 
-    _simulate(args)
+    fit_config = load_config(args.fit) if args.fit else None
+    if fit_config is not None and not isinstance(fit_config, FitConfig):
+        raise ValueError(f"{args.fit}: kind: expected 'fit', got {fit_config.KIND!r}")
+    files = _simulate(args)
     start = time.perf_counter()
     pngs = plot_campaign(args.out)
-    took = time.perf_counter() - start
-    print(f"plots     {', '.join(str(p) for p in pngs)}  ({took:.1f} s)")
+    print(f"plots     {', '.join(str(p) for p in pngs)}  ({time.perf_counter() - start:.1f} s)")
+    if fit_config is None:
+        return
+    start = time.perf_counter()
+    store = args.out / "campaign.zarr"
+    ingest([str(f) for f in files], store, progress=False)
+    print(f"ingest    {len(files)} exposures into {store}  ({time.perf_counter() - start:.1f} s)")
+    config = dataclasses.replace(
+        fit_config, campaign=str(store), results=str(args.out / "results.zarr"), truth=str(args.out)
+    )
+    start = time.perf_counter()
+    outcome = fit_campaign(config, progress=not args.quiet, pictures=args.out / "fit")
+    print(
+        f"fit       {outcome.step} steps, reduced chi2 {outcome.reduced_chi2:.3f}, pictures in "
+        f"{args.out / 'fit'}/, MLflow run {outcome.run_id}  ({time.perf_counter() - start:.1f} s)"
+    )
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -92,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("config", type=Path, help="TOML config (see configs/)")
         sub.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "demo":
+            sub.add_argument("--fit", type=Path, help="fit config: also ingest and fit")
     add_ingest_parser(commands)
     add_export_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")

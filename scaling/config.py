@@ -363,11 +363,10 @@ class OptimiserConfig:
 
 def _default_optimisers() -> dict[str, OptimiserConfig]:
     return {
-        "position": OptimiserConfig("sgd", 0.5, 0, True),
-        "log_flux": OptimiserConfig("sgd", 0.5, 0, True),
-        "spectral_slope": OptimiserConfig("sgd", 0.3, 10, True),
-        "aberrations": OptimiserConfig("sgd", 0.3, 5, True),
-        "log_image": OptimiserConfig("adam", 0.05, 10),
+        "position": OptimiserConfig("adam", 2e-3),
+        "log_flux": OptimiserConfig("adam", 2e-3),
+        "aberrations": OptimiserConfig("adam", 1.0, 20),
+        "log_image": OptimiserConfig("adam", 0.05),
     }
 
 

@@ -25,6 +25,7 @@ from scaling.objective import reduced_chi_squared
 from scaling.optimisers import OptimiserSpec
 from scaling.partition import Observation, make_batches
 from scaling.results import EpochImage, Results
+from scaling.simulate import load_truth
 from scaling.store import Campaign
 from scaling.tracking import fit_run, tracking_uri
 
@@ -131,8 +132,13 @@ def _previous_run(results: str, uri: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def fit_campaign(config: FitConfig, resume: bool = False, progress: bool = True) -> FitOutcome:
-    """Fit the campaign store named by `config` (see the module docstring)."""
+def fit_campaign(
+    config: FitConfig, resume: bool = False, progress: bool = True, pictures: Path | None = None
+) -> FitOutcome:
+    """Fit the campaign store named by `config` (see the module docstring).
+
+    The fit's pictures are logged to MLflow and, with `pictures`, also kept in that folder.
+    """
     campaign = Campaign.open(config.campaign)
     names = list(campaign.names)
     observations = load_observations(campaign, names)
@@ -172,9 +178,22 @@ def fit_campaign(config: FitConfig, resume: bool = False, progress: bool = True)
         result = run(fitter, params, batches, remaining, state, start, progress, record)
         chi2 = float(reduced_chi_squared(model, result.params, batches))
         mlflow.log_metric("reduced_chi2", chi2, step=result.step)
+        if config.truth:
+            _log_truth_comparison(config.truth, model, result, epochs)
         _save(results, model, result, campaign, epochs, names)
-        _log_artifacts(config, results, model, result, observations, epochs)
+        _log_artifacts(config, results, model, result, observations, epochs, pictures)
         return FitOutcome(active.info.run_id, result.params, result.history, chi2, result.step)
+
+
+def _log_truth_comparison(truth_folder: str, model, result, epochs) -> None:
+    """NCC of each epoch image with the truth blurred to λ/B_max, as MLflow metrics."""
+    from scaling.fit_plots import compare_with_truth
+
+    truth = load_truth(truth_folder)[1]["images"]
+    images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
+    wavelength = min(b.centre for b in model.bandpasses.values())
+    nccs = compare_with_truth(images, truth, model.optics.psf_pixel_scale, wavelength)
+    mlflow.log_metrics({f"ncc.{e}": v for e, v in zip(epochs, nccs, strict=True)}, step=result.step)
 
 
 def _save(results: Results, model, result, campaign: Campaign, epochs, names) -> None:
@@ -205,15 +224,19 @@ def _save(results: Results, model, result, campaign: Campaign, epochs, names) ->
     )
 
 
-def _log_artifacts(config, results, model, result, observations, epochs) -> None:
+def _log_artifacts(config, results, model, result, observations, epochs, pictures) -> None:
     from scaling.fit_plots import write_fit_pictures
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        fits_dir = folder / "fits"
-        export_fits(config.results, fits_dir)
-        mlflow.log_artifacts(str(fits_dir), "fits")
+        export_fits(config.results, folder / "fits")
+        mlflow.log_artifacts(str(folder / "fits"), "fits")
         pictures = write_fit_pictures(
-            folder / "pictures", model, result, observations, epochs, config.truth or None
+            pictures or folder / "pictures",
+            model,
+            result,
+            observations,
+            epochs,
+            config.truth or None,
         )
         mlflow.log_artifacts(str(pictures), "pictures")

@@ -87,7 +87,8 @@ def _extent(n: int, pixel_scale: float) -> list[float]:
     return [-half, half, -half, half]
 
 
-def _images_png(path, images, names, pixel_scale, truth) -> None:
+def _images_png(path, images, names, pixel_scale, truth, fwhm) -> None:
+    """Recovered images; with the truth, a row of it blurred to `fwhm` arcsec."""
     idx = _spread(len(images))
     fig, axes = _figure(2 if truth is not None else 1, len(idx))
     for col, i in enumerate(idx):
@@ -95,9 +96,9 @@ def _images_png(path, images, names, pixel_scale, truth) -> None:
         axes[0, col].imshow(images[i], origin="lower", cmap=_cmap(), extent=ext)
         axes[0, col].set_title(f"{names[i]} recovered")
         if truth is not None:
-            t = centre_crop(truth[i], images.shape[-1])
+            t = centre_crop(blur(truth[i], pixel_scale, fwhm), images.shape[-1])
             axes[1, col].imshow(t, origin="lower", cmap=_cmap(), extent=ext)
-            axes[1, col].set_title(f"{names[i]} truth")
+            axes[1, col].set_title(f"{names[i]} truth at {1000 * fwhm:.0f} mas")
     for ax in axes.ravel():
         ax.set_xlabel("x (arcsec)")
     fig.savefig(path, dpi=90)
@@ -153,8 +154,9 @@ def write_fit_pictures(
     pixel_scale = model.optics.psf_pixel_scale
     images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
     truth = load_truth(truth_folder)[1]["images"] if truth_folder else None
+    fwhm = resolution_arcsec(min(b.centre for b in model.bandpasses.values()))
     if images.size:
-        _images_png(folder / "images.png", images, epochs, pixel_scale, truth)
+        _images_png(folder / "images.png", images, epochs, pixel_scale, truth, fwhm)
         _gif(folder / "epochs.gif", images, epochs, pixel_scale)
     _loss_png(folder / "loss.png", result.history)
     _residuals_png(

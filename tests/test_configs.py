@@ -9,6 +9,7 @@ from scaling.cli import EXIT_USAGE, main
 from scaling.config import (
     CampaignConfig,
     ConfigError,
+    FitConfig,
     FlatFieldConfig,
     config_to_dict,
     load_config,
@@ -27,13 +28,20 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(path):
     config = load_config(path)
-    expected = FlatFieldConfig if path.name.startswith("flatfield") else CampaignConfig
+    if path.stem.endswith("_fit"):
+        expected = FitConfig
+    elif path.name.startswith("flatfield"):
+        expected = FlatFieldConfig
+    else:
+        expected = CampaignConfig
     assert isinstance(config, expected)
+    assert parse_config(config_to_dict(config)) == config
 
 
 def test_shipped_configs_exist():
     names = {p.name for p in CONFIGS.glob("*.toml")}
     assert {"io_demo.toml", "io_test.toml", "flatfield_demo.toml", "flatfield_test.toml"} <= names
+    assert {"io_demo_fit.toml", "io_test_fit.toml"} <= names
 
 
 def test_minimal_files_take_the_defaults(tmp_path):

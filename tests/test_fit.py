@@ -66,6 +66,7 @@ def test_fit_writes_results_and_mlflow_run(full):
     totals = client.get_metric_history(outcome.run_id, "total")
     assert [m.step for m in totals] == [1, 2, 3, 4]
     assert run.data.metrics["reduced_chi2"] == pytest.approx(outcome.reduced_chi2)
+    assert {"ncc.IO_001", "ncc.IO_002"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "pictures")}
     assert artifacts >= {f"pictures/{n}" for n in ("images.png", "loss.png", "residuals.png")}
     assert "pictures/epochs.gif" in artifacts
