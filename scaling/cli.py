@@ -75,6 +75,8 @@ def _demo(args: argparse.Namespace) -> None:
         f"fit       {outcome.step} steps, reduced chi2 {outcome.reduced_chi2:.3f}, pictures in "
         f"{args.out / 'fit'}/, MLflow run {outcome.run_id}  ({time.perf_counter() - start:.1f} s)"
     )
+    for name, value in outcome.truth_metrics.items():
+        print(f"          {name:40s} {value:.3f}")
 
 
 def _fit(args: argparse.Namespace) -> int:

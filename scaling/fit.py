@@ -118,6 +118,7 @@ class FitOutcome:
     history: dict[str, np.ndarray]
     reduced_chi2: float
     step: int
+    truth_metrics: dict[str, float]
 
 
 def _previous_run(results: str, uri: str) -> str | None:
@@ -178,22 +179,42 @@ def fit_campaign(
         result = run(fitter, params, batches, remaining, state, start, progress, record)
         chi2 = float(reduced_chi_squared(model, result.params, batches))
         mlflow.log_metric("reduced_chi2", chi2, step=result.step)
-        if config.truth:
-            _log_truth_comparison(config.truth, model, result, epochs)
+        truth_metrics = (
+            truth_comparison(config.truth, model, result, epochs) if config.truth else {}
+        )
+        mlflow.log_metrics(truth_metrics, step=result.step)
         _save(results, model, result, campaign, epochs, names)
         _log_artifacts(config, results, model, result, observations, epochs, pictures)
-        return FitOutcome(active.info.run_id, result.params, result.history, chi2, result.step)
+        return FitOutcome(
+            active.info.run_id, result.params, result.history, chi2, result.step, truth_metrics
+        )
 
 
-def _log_truth_comparison(truth_folder: str, model, result, epochs) -> None:
-    """NCC of each epoch image with the truth blurred to λ/B_max, as MLflow metrics."""
-    from scaling.fit_plots import compare_with_truth
+def truth_comparison(truth_folder: str, model, result, epochs) -> dict[str, float]:
+    """Per epoch: NCC of the image with the truth blurred to λ/B_max
+    (`ncc.E`) and the worst distance of the 3 brightest visible volcanoes to a recovered
+    peak, in detector pixels (`volcano_offset_pix.E`)."""
+    from scaling.fit_plots import compare_with_truth, volcano_offsets
 
-    truth = load_truth(truth_folder)[1]["images"]
+    meta, arrays = load_truth(truth_folder)
     images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
+    scale = model.optics.psf_pixel_scale
     wavelength = min(b.centre for b in model.bandpasses.values())
-    nccs = compare_with_truth(images, truth, model.optics.psf_pixel_scale, wavelength)
-    mlflow.log_metrics({f"ncc.{e}": v for e, v in zip(epochs, nccs, strict=True)}, step=result.step)
+    nccs = compare_with_truth(images, arrays["images"], scale, wavelength)
+    brightness = np.asarray([v["brightness"] for v in meta["config"]["io"]["volcanoes"]])
+    metrics = {}
+    for i, epoch in enumerate(epochs):
+        weight = brightness * arrays["spot_visibility"][i]
+        offsets = volcano_offsets(images[i], arrays["spot_xy"][i], weight, scale)
+        metrics[f"ncc.{epoch}"] = nccs[i]
+        metrics[f"volcano_offset_pix.{epoch}"] = float(offsets.max()) / meta["detector_pixel_scale"]
+    for row, filt in enumerate(meta["filters"]):
+        fitted = np.asarray(result.params["shared"]["aberrations"][filt])
+        true = arrays["aberrations"][row]
+        if fitted.shape == true.shape:
+            rms = np.sqrt(np.mean((fitted - true) ** 2) / np.mean(true**2))
+            metrics[f"aberration_rms_error_fraction.{filt}"] = float(rms)
+    return metrics
 
 
 def _save(results: Results, model, result, campaign: Campaign, epochs, names) -> None:

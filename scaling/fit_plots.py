@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from matplotlib.animation import PillowWriter
 from matplotlib.figure import Figure
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, maximum_filter
 
 from model import ExposureModel
 from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT
@@ -59,6 +59,30 @@ def compare_with_truth(
         ncc(blur(im, pixel_scale, fwhm), centre_crop(blur(t, pixel_scale, fwhm), n))
         for im, t in zip(images, truth_images, strict=True)
     ]
+
+
+def peaks(image: np.ndarray, pixel_scale: float, count: int = 8) -> np.ndarray:
+    """(count, 2) (x, y) arcsec of the strongest compact peaks (local maxima of the image
+    minus its 3-pixel Gaussian blur), strongest first; origin at the image centre."""
+    detail = image - gaussian_filter(image, 3.0)
+    local = (detail == maximum_filter(detail, size=5)) & (detail > 0)
+    rows, cols = np.nonzero(local)
+    order = np.argsort(detail[rows, cols])[::-1][:count]
+    centre = (image.shape[-1] - 1) / 2
+    return np.stack([cols[order] - centre, rows[order] - centre], axis=-1) * pixel_scale
+
+
+def volcano_offsets(
+    image: np.ndarray, spot_xy: np.ndarray, weight: np.ndarray, pixel_scale: float, k: int = 3
+) -> np.ndarray:
+    """Distance (arcsec) from each of the `k` brightest visible true spots (by `weight`,
+    e.g. brightness × visibility; spots of weight 0 are hidden) to the nearest recovered
+    peak. Fewer than `k` values when fewer spots are visible."""
+    found = peaks(image, pixel_scale)
+    order = [i for i in np.argsort(weight)[::-1][:k] if weight[i] > 0]
+    brightest = spot_xy[order]
+    d = np.hypot(*(brightest[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
+    return d.min(axis=1)
 
 
 @eqx.filter_jit
