@@ -207,7 +207,9 @@ def truth_comparison(truth_folder: str, model, result, epochs) -> dict[str, floa
         weight = brightness * arrays["spot_visibility"][i]
         offsets = volcano_offsets(images[i], arrays["spot_xy"][i], weight, scale)
         metrics[f"ncc.{epoch}"] = nccs[i]
-        metrics[f"volcano_offset_pix.{epoch}"] = float(offsets.max()) / meta["detector_pixel_scale"]
+        if offsets.size:
+            worst = float(offsets.max()) / meta["detector_pixel_scale"]
+            metrics[f"volcano_offset_pix.{epoch}"] = worst
     for row, filt in enumerate(meta["filters"]):
         fitted = np.asarray(result.params["shared"]["aberrations"][filt])
         true = arrays["aberrations"][row]

@@ -77,10 +77,12 @@ def volcano_offsets(
 ) -> np.ndarray:
     """Distance (arcsec) from each of the `k` brightest visible true spots (by `weight`,
     e.g. brightness × visibility; spots of weight 0 are hidden) to the nearest recovered
-    peak. Fewer than `k` values when fewer spots are visible."""
+    peak (inf when the image has no peak). Fewer than `k` values when fewer are visible."""
     found = peaks(image, pixel_scale)
     order = [i for i in np.argsort(weight)[::-1][:k] if weight[i] > 0]
     brightest = spot_xy[order]
+    if len(found) == 0:
+        return np.full(len(brightest), np.inf)
     d = np.hypot(*(brightest[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
     return d.min(axis=1)
 
