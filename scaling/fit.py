@@ -25,9 +25,9 @@ from scaling.objective import reduced_chi_squared
 from scaling.optimisers import OptimiserSpec
 from scaling.partition import Observation, make_batches
 from scaling.results import EpochImage, Results
-from scaling.simulate import load_truth
 from scaling.store import Campaign
 from scaling.tracking import fit_run, tracking_uri
+from scaling.truth import truth_comparison
 
 
 def load_observations(campaign: Campaign, names) -> list[Observation]:
@@ -188,35 +188,6 @@ def fit_campaign(
         return FitOutcome(
             active.info.run_id, result.params, result.history, chi2, result.step, truth_metrics
         )
-
-
-def truth_comparison(truth_folder: str, model, result, epochs) -> dict[str, float]:
-    """Per epoch: NCC of the image with the truth blurred to λ/B_max
-    (`ncc.E`) and the worst distance of the 3 brightest visible volcanoes to a recovered
-    peak, in detector pixels (`volcano_offset_pix.E`)."""
-    from scaling.fit_plots import compare_with_truth, volcano_offsets
-
-    meta, arrays = load_truth(truth_folder)
-    images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
-    scale = model.optics.psf_pixel_scale
-    wavelength = min(b.centre for b in model.bandpasses.values())
-    nccs = compare_with_truth(images, arrays["images"], scale, wavelength)
-    brightness = np.asarray([v["brightness"] for v in meta["config"]["io"]["volcanoes"]])
-    metrics = {}
-    for i, epoch in enumerate(epochs):
-        weight = brightness * arrays["spot_visibility"][i]
-        offsets = volcano_offsets(images[i], arrays["spot_xy"][i], weight, scale)
-        metrics[f"ncc.{epoch}"] = nccs[i]
-        if offsets.size:
-            worst = float(offsets.max()) / meta["detector_pixel_scale"]
-            metrics[f"volcano_offset_pix.{epoch}"] = worst
-    for row, filt in enumerate(meta["filters"]):
-        fitted = np.asarray(result.params["shared"]["aberrations"][filt])
-        true = arrays["aberrations"][row]
-        if fitted.shape == true.shape:
-            rms = np.sqrt(np.mean((fitted - true) ** 2) / np.mean(true**2))
-            metrics[f"aberration_rms_error_fraction.{filt}"] = float(rms)
-    return metrics
 
 
 def _save(results: Results, model, result, campaign: Campaign, epochs, names) -> None:
