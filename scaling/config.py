@@ -378,6 +378,36 @@ class TrackingConfig:
     run_name: str = ""
 
 
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where a fit runs (`cluster/`).
+
+    workers: Ray shard workers (0: this process alone); address: Ray cluster to join
+    ("" starts a local one bound to 127.0.0.1; "auto" or "ray://host:port" joins);
+    cpus_per_worker, gpus_per_worker: Ray resources each worker requests (fractions
+    allowed); placement: Ray placement-group strategy of the workers; max_restarts:
+    lost workers replaced per run before it fails; compile_cache: JAX persistent
+    compilation cache folder shared by the workers ("" → a folder beside the results).
+    """
+
+    workers: int = 0
+    address: str = ""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    placement: str = "SPREAD"
+    max_restarts: int = 3
+    compile_cache: str = ""
+
+    def __post_init__(self):
+        _positive_ints(self, "workers", "max_restarts", minimum=0)
+        _require(self.cpus_per_worker > 0, "cpus_per_worker", "a number > 0", self.cpus_per_worker)
+        _non_negative(self, "gpus_per_worker")
+        _require(self.placement in PLACEMENTS, "placement", f"one of {PLACEMENTS}", self.placement)
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """A fit of a campaign store (`scaling fit`).
@@ -389,7 +419,7 @@ class FitConfig:
     jitter, read_noise: starting detector values (pixels, e-); diagonal: use only the
     diagonal of the slope covariance; regularisers: name → weight per epoch image;
     optimisers: parameter name → how it is fitted (names not listed stay fixed);
-    instrument: model sizes.
+    instrument: model sizes; cluster: where it runs (`ClusterConfig`).
     """
 
     KIND: ClassVar[str] = "fit"
@@ -407,6 +437,7 @@ class FitConfig:
     optimisers: dict[str, OptimiserConfig] = field(default_factory=_default_optimisers)
     instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self):
         _positive_ints(self, "steps", "checkpoint_every")

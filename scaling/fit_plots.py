@@ -170,11 +170,14 @@ def write_fit_pictures(
     folder: str | os.PathLike,
     model: ExposureModel,
     result,
-    observations: list[Observation],
+    residuals: dict[str, np.ndarray],
     epochs: list[str],
     truth_folder: str | None,
 ) -> Path:
-    """images.png, loss.png, residuals.png and epochs.gif of a fit into `folder`."""
+    """images.png, loss.png, residuals.png and epochs.gif of a fit into `folder`.
+
+    `residuals` maps exposure names to (p, p) residual maps (see `residual_maps`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pixel_scale = model.optics.psf_pixel_scale
@@ -185,7 +188,5 @@ def write_fit_pictures(
         _images_png(folder / "images.png", images, epochs, pixel_scale, truth, fwhm)
         _gif(folder / "epochs.gif", images, epochs, pixel_scale)
     _loss_png(folder / "loss.png", result.history)
-    _residuals_png(
-        folder / "residuals.png", residual_maps(model, result.params, observations, epochs)
-    )
+    _residuals_png(folder / "residuals.png", residuals)
     return folder

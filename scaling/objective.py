@@ -71,7 +71,13 @@ def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal
 
 
 @eqx.filter_jit
+def chi_squared_sums(model: ExposureModel, params: dict, batches: list[Batch]):
+    """(Σ χ², Σ measurements) over all batches: a cluster adds its workers' sums."""
+    pairs = [batch_chi_squared(model, params, b) for b in batches]
+    return sum(jnp.sum(c) for c, _ in pairs), sum(jnp.sum(n) for _, n in pairs)
+
+
 def reduced_chi_squared(model: ExposureModel, params: dict, batches: list[Batch]):
     """Σ χ² / Σ measurements over all batches."""
-    pairs = [batch_chi_squared(model, params, b) for b in batches]
-    return sum(jnp.sum(c) for c, _ in pairs) / sum(jnp.sum(n) for _, n in pairs)
+    chi2, count = chi_squared_sums(model, params, batches)
+    return chi2 / count

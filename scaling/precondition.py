@@ -68,7 +68,11 @@ def _basis(params: dict, part: str, name: str, filt: str | None):
 def fisher_diagonal(
     model: ExposureModel, params: dict, batches: list[Batch], names=PRECONDITIONED
 ) -> dict:
-    """Diagonal Fisher information, a pytree like `params` (1 where not preconditioned)."""
+    """Diagonal Fisher information, a pytree like `params` (1 where not preconditioned).
+
+    Shared entries are sums over `batches`, so a cluster sums its workers' shared parts
+    (then applies `unit_outside`) and keeps each worker's local part.
+    """
     fisher = jax.tree.map(jnp.ones_like, params)
     for part in ("shared", "exposure"):
         for name in params[part]:
@@ -98,3 +102,14 @@ def fisher_diagonal(
                 else:
                     fisher[part][name][filt] = diag
     return fisher
+
+
+def unit_outside(scale: dict, names) -> dict:
+    """`scale` with every leaf of a parameter not in `names` set to 1."""
+    return {
+        part: {
+            name: leaf if name in names else jax.tree.map(jnp.ones_like, leaf)
+            for name, leaf in tree.items()
+        }
+        for part, tree in scale.items()
+    }

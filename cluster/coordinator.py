@@ -1,0 +1,280 @@
+"""`RayStepper`: the steps of a fit on Ray shard workers, equal to one process.
+
+The coordinator (the driver process) holds the shared parameters and their optimiser.
+Each step it puts them in Ray's object store once, every worker runs its local half-step
+on its shard and returns its partial shared gradient, and the coordinator sums those in
+shard order (so the result does not depend on which worker answers first), scales them
+by the shared Fisher diagonal and updates. The driver never reads exposure arrays.
+
+A worker that dies raises `WorkerLost` after a replacement worker has been started on
+the same shard; the fit then rolls every worker back to the last checkpoint.
+"""
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cluster.worker import ShardWorker
+from model import ExposureModel
+from scaling.config import ClusterConfig, FitConfig
+from scaling.engine import join, make_fitter, summarise
+from scaling.fit import WorkerLost, initial_shared, settings_from
+from scaling.precondition import unit_outside
+from scaling.results import Results
+from scaling.store import Campaign, StoreError
+
+LOCAL_HOST = "127.0.0.1"
+PLACEMENT_TIMEOUT_S = 120.0
+
+
+def worker_env(cluster: ClusterConfig) -> dict[str, str]:
+    """Environment of a worker process: float64, GPU memory grown on demand (so actors
+    sharing a GPU do not each preallocate most of it)."""
+    env = {"JAX_ENABLE_X64": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    if 0 < cluster.gpus_per_worker < 1:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * cluster.gpus_per_worker:.3f}"
+    return env
+
+
+def compile_cache(cluster: ClusterConfig) -> str:
+    """The compilation cache folder: the config's, or one per user on each node."""
+    return cluster.compile_cache or str(Path.home() / ".cache" / "ami-scaling" / "jax")
+
+
+def connect(cluster: ClusterConfig) -> bool:
+    """Join the configured Ray cluster, or start a local one bound to 127.0.0.1.
+
+    Returns True when this call connected (so the caller disconnects), False when Ray
+    was already initialised by the caller.
+    """
+    if ray.is_initialized():
+        return False
+    if cluster.address:
+        ray.init(address=cluster.address, log_to_driver=False)
+        return True
+    need = math.ceil(cluster.workers * cluster.cpus_per_worker)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, need),
+        include_dashboard=False,
+        dashboard_host=LOCAL_HOST,
+        _node_ip_address=LOCAL_HOST,
+        log_to_driver=False,
+    )
+    return True
+
+
+def _sum(trees: list[dict]) -> dict:
+    """Leaf-wise sum in list order (fixed, for reproducibility)."""
+    total = trees[0]
+    for tree in trees[1:]:
+        total = jax.tree.map(np.add, total, tree)
+    return total
+
+
+class RayStepper:
+    """Runs a fit's steps on Ray workers (a `scaling.fit.Stepper`)."""
+
+    def __init__(
+        self, config: FitConfig, campaign: Campaign, model: ExposureModel, epochs: list[str]
+    ):
+        cluster = config.cluster
+        if cluster.workers < 1:
+            raise ValueError(f"cluster.workers: expected >= 1 for a Ray fit, got {cluster.workers}")
+        self.config = dataclasses.replace(
+            config, cluster=dataclasses.replace(cluster, compile_cache=compile_cache(cluster))
+        )
+        self.names, self.epochs = list(campaign.names), epochs
+        self.shards = [s for s in campaign.partition(cluster.workers) if s.exposures]
+        self.filters = sorted(model.bandpasses)
+        self.owns_ray = connect(cluster)
+        self.group = None
+        self.workers: list = []
+        try:
+            self._place()
+            self.workers = [self._spawn(i) for i in range(len(self.shards))]
+            self.where = ray.get([w.describe.remote() for w in self.workers])
+            partial = ray.get([w.fisher_shared.remote() for w in self.workers])
+            settings = settings_from(config, [])
+            names = [n for n, s in settings.optimisers.items() if s.precondition]
+            self.shared_scale = unit_outside({"shared": _sum(partial)}, names)["shared"]
+            ray.get([w.start.remote(self.shared_scale) for w in self.workers])
+            empty = {"epoch": {}, "exposure": {}}
+            self.initial = jax.device_get(initial_shared(config, model))
+            self.fitter = make_fitter(
+                model,
+                join({"shared": self.initial}, empty),
+                [],
+                settings,
+                join({"shared": self.shared_scale}, empty),
+            )
+            self._reset_shared()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- placement ---------------------------------------------------------------------
+
+    def _bundle(self) -> dict[str, float]:
+        c = self.config.cluster
+        return {
+            "CPU": c.cpus_per_worker,
+            **({"GPU": c.gpus_per_worker} if c.gpus_per_worker else {}),
+        }
+
+    def _place(self) -> None:
+        bundles = [self._bundle() for _ in self.shards]
+        self.group = placement_group(bundles, strategy=self.config.cluster.placement)
+        ready, _ = ray.wait([self.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            raise RuntimeError(
+                f"cannot place {len(bundles)} workers of {self._bundle()} each "
+                f"({self.config.cluster.placement}) on this Ray cluster within "
+                f"{PLACEMENT_TIMEOUT_S:.0f} s; it has {ray.cluster_resources()}"
+            )
+
+    def _spawn(self, i: int):
+        c = self.config.cluster
+        actor = ray.remote(ShardWorker).options(
+            num_cpus=c.cpus_per_worker,
+            num_gpus=c.gpus_per_worker,
+            runtime_env={"env_vars": worker_env(c)},
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=self.group, placement_group_bundle_index=i
+            ),
+            name=None,
+        )
+        return actor.remote(self.config, self.shards[i], self.filters)
+
+    # --- the Stepper protocol ----------------------------------------------------------
+
+    def _reset_shared(self) -> None:
+        self.shared = self.initial
+        self.shared_state = self.fitter.shared_optimiser.init({"shared": self.initial})
+        self.step_index = 0
+
+    def reset(self) -> None:
+        self._gather([w.reset.remote() for w in self.workers], "reset")
+        self._reset_shared()
+
+    def step(self) -> dict[str, float]:
+        shared = ray.put(self.shared)
+        outs = self._gather([w.local_step.remote(shared) for w in self.workers], "step")
+        grads = {"shared": _sum([g for g, _, _ in outs])}
+        terms = {k: sum(t[k] for _, t, _ in outs) for k in outs[0][1]}
+        shared, state, shared_sumsq = self.fitter.shared_step(
+            {"shared": self.shared}, self.shared_state, grads
+        )
+        self.shared, self.shared_state = jax.device_get(shared["shared"]), state
+        self.step_index += 1
+        out = summarise(terms, shared_sumsq)
+        out.update({f"worker_time.{i}": seconds for i, (_, _, seconds) in enumerate(outs)})
+        return out
+
+    def checkpoint(self) -> dict:
+        parts = self._gather([w.checkpoint.remote() for w in self.workers], "checkpoint")
+        trees = {"shared": {"params": self.shared, "state": jax.device_get(self.shared_state)}}
+        trees.update({_name(s): part for s, part in zip(self.shards, parts, strict=True)})
+        return trees
+
+    def restore(self, results: Results, step: int | None = None) -> int:
+        like = {"shared": {"params": self.shared, "state": self.shared_state}}
+        try:
+            step, trees = results.read_checkpoint(like, step)
+            self._gather([w.restore.remote(step) for w in self.workers], "restore")
+        except (StoreError, KeyError, RuntimeError) as err:
+            raise ValueError(
+                f"{results.where}: the checkpoint does not match a fit with "
+                f"{len(self.shards)} worker(s) (resume with the worker count that wrote "
+                f"it): {err}"
+            ) from err
+        self.shared = trees["shared"]["params"]
+        self.shared_state = jax.tree.map(np.asarray, trees["shared"]["state"])
+        self.step_index = step
+        return step
+
+    def params(self) -> dict:
+        parts = self._gather([w.params.remote() for w in self.workers], "params")
+        exposure = _assemble([p["exposure"] for p in parts], self._rows("exposures"))
+        epoch = _assemble([p["epoch"] for p in parts], self._rows("epochs"))
+        return {"shared": self.shared, "epoch": epoch, "exposure": exposure}
+
+    def chi_squared(self) -> tuple[float, float]:
+        self._gather([w.set_shared.remote(self.shared) for w in self.workers], "chi2")
+        sums = self._gather([w.chi_squared.remote() for w in self.workers], "chi2")
+        return sum(c for c, _ in sums), sum(n for _, n in sums)
+
+    def residual_maps(self) -> dict[str, np.ndarray]:
+        self._gather([w.set_shared.remote(self.shared) for w in self.workers], "residuals")
+        maps = self._gather([w.residual_maps.remote() for w in self.workers], "residuals")
+        return {name: m[name] for m in maps for name in m}
+
+    def close(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []
+        if self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None
+        if self.owns_ray:
+            ray.shutdown()
+            self.owns_ray = False
+
+    # --- failures ----------------------------------------------------------------------
+
+    def _rows(self, what: str) -> list[list[int]]:
+        if what == "exposures":
+            return [[self.names.index(n) for n in s.exposures] for s in self.shards]
+        return [[self.epochs.index(e) for e in s.epochs] for s in self.shards]
+
+    def _gather(self, refs: list, what: str) -> list:
+        """Results of one call per worker; a dead worker is replaced, then `WorkerLost`."""
+        out, lost = [], []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayActorError as err:
+                lost.append((i, err))
+            except ray.exceptions.RayTaskError as err:
+                raise RuntimeError(
+                    f"worker {i} (exposures {', '.join(self.shards[i].exposures)}) failed in "
+                    f"{what} at step {self.step_index + 1}: {err.cause}"
+                ) from err
+        if lost:
+            for i, _ in lost:
+                self._replace(i)
+            i, err = lost[0]
+            raise WorkerLost(
+                f"worker {i} on node {self.where[i]['node_id'][:12]} (exposures "
+                f"{', '.join(self.shards[i].exposures)}) lost in {what} at step "
+                f"{self.step_index + 1}: {type(err).__name__}"
+            )
+        return out
+
+    def _replace(self, i: int) -> None:
+        ray.kill(self.workers[i], no_restart=True)
+        self.workers[i] = self._spawn(i)
+        ray.get(self.workers[i].start.remote(self.shared_scale))
+        self.where[i] = ray.get(self.workers[i].describe.remote())
+
+
+def _name(shard) -> str:
+    return f"shard_{shard.index:03d}"
+
+
+def _assemble(parts: list[dict], rows: list[list[int]]) -> dict:
+    """Stack per-shard rows of each leaf back into campaign order."""
+    out = {}
+    for name in parts[0]:
+        leaves = [np.asarray(p[name]) for p in parts]
+        full = np.empty((sum(len(r) for r in rows), *leaves[0].shape[1:]), leaves[0].dtype)
+        for leaf, r in zip(leaves, rows, strict=True):
+            full[r] = leaf
+        out[name] = full
+    return out

@@ -1,0 +1,175 @@
+"""`ShardWorker`: one shard of a campaign, its local parameters and their optimiser states.
+
+A worker reads its exposures straight from the campaign store, computes the Fisher
+scale of its local parameters and its part of the shared one, and runs the engine's
+`Fitter.local_step` on its exposures: it updates its local parameters itself and returns
+only its partial shared gradient. Local parameters leave it only in checkpoints and
+final results. `cluster.coordinator` runs it as a Ray actor; it is plain Python, so it
+can also be driven in one process.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scaling.config import FitConfig
+from scaling.engine import join, make_fitter, renormalise_images, shard_batches, split
+from scaling.fit import (
+    build_model,
+    initial_local,
+    initial_shared,
+    load_observations,
+    settings_from,
+)
+from scaling.fit_plots import residual_maps
+from scaling.objective import chi_squared_sums
+from scaling.partition import make_batches
+from scaling.precondition import fisher_diagonal
+from scaling.results import Results
+from scaling.store import Campaign, Shard
+
+
+class WorkerError(RuntimeError):
+    """A worker's step failed (non-finite loss, bad data): names the worker and step."""
+
+
+def configure_jax(compile_cache: str) -> None:
+    """float64 and the persistent compilation cache shared by the workers of a node."""
+    jax.config.update("jax_enable_x64", True)
+    if compile_cache:
+        os.makedirs(compile_cache, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def check_devices(gpus: float, label: str) -> None:
+    """Fail clearly when a worker asked for a GPU that JAX cannot see."""
+    if gpus > 0 and jax.default_backend() != "gpu":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise RuntimeError(
+            f"{label}: asked for {gpus} GPU(s) but JAX sees only {jax.devices()} "
+            f"(CUDA_VISIBLE_DEVICES={visible}); install JAX's CUDA build on this node "
+            "(pip install '.[cuda]') or set cluster.gpus_per_worker = 0"
+        )
+
+
+class ShardWorker:
+    """The local half of every step for the exposures of one shard.
+
+    Args:
+        config: the fit config (model sizes, optimisers, regularisers, cluster).
+        shard: the exposures and whole epochs this worker owns.
+        filters: every filter of the campaign (the shared aberrations are keyed by them).
+    """
+
+    def __init__(self, config: FitConfig, shard: Shard, filters: list[str]):
+        configure_jax(config.cluster.compile_cache)
+        self.label = f"worker {shard.index}"
+        check_devices(config.cluster.gpus_per_worker, self.label)
+        self.config, self.shard = config, shard
+        self.observations = load_observations(Campaign.open(config.campaign), shard.exposures)
+        self.model = build_model(config, filters)
+        self.epochs = list(shard.epochs)
+        self.settings = settings_from(config, self.observations)
+        batches = make_batches(self.observations, list(shard.exposures), self.epochs)
+        self.batches = shard_batches(batches) if len(jax.local_devices()) > 1 else batches
+        self.initial = join(
+            {"shared": initial_shared(config, self.model)},
+            initial_local(config, self.observations, len(self.epochs)),
+        )
+        names = [n for n, s in self.settings.optimisers.items() if s.precondition]
+        self.fisher = (
+            fisher_diagonal(self.model, self.initial, self.batches, names)
+            if names
+            else jax.tree.map(jnp.ones_like, self.initial)
+        )
+        self.fitter = None
+
+    def describe(self) -> dict:
+        """Where this worker runs and what it holds."""
+        import ray
+
+        context = ray.get_runtime_context() if ray.is_initialized() else None
+        return {
+            "index": self.shard.index,
+            "node_id": context.get_node_id() if context else "",
+            "pid": os.getpid(),
+            "devices": [str(d) for d in jax.local_devices()],
+            "exposures": list(self.shard.exposures),
+            "epochs": self.epochs,
+            "cost": self.shard.cost,
+        }
+
+    def fisher_shared(self) -> dict:
+        """This shard's part of the shared Fisher diagonal (summed by the coordinator)."""
+        return jax.device_get(self.fisher["shared"])
+
+    def start(self, shared_scale: dict) -> None:
+        """Build the step with the campaign's shared scale, then `reset`."""
+        scale = join({"shared": jax.tree.map(jnp.asarray, shared_scale)}, split(self.fisher)[1])
+        self.fitter = make_fitter(self.model, self.initial, self.batches, self.settings, scale)
+        self.reset()
+
+    def reset(self) -> None:
+        """Starting local parameters and fresh optimiser states."""
+        self.local = renormalise_images(split(self.initial)[1])
+        self.state = self.fitter.init(join(split(self.initial)[0], self.local))[1]
+        self.step_index = 0
+
+    def local_step(self, shared: dict) -> tuple[dict, dict[str, float], float]:
+        """One local half-step at the broadcast `shared` parameters.
+
+        Returns:
+            (partial shared gradient, this shard's loss terms, seconds spent).
+        """
+        began = time.perf_counter()
+        params = join({"shared": jax.tree.map(jnp.asarray, shared)}, self.local)
+        local, state, grads, terms = self.fitter.local_step(params, self.state, self.batches)
+        terms = {k: float(v) for k, v in terms.items()}
+        self.step_index += 1
+        if not np.isfinite(terms["total"]):
+            raise WorkerError(
+                f"{self.label} (exposures {', '.join(self.shard.exposures)}) at step "
+                f"{self.step_index}: loss is {terms['total']}; its parameters are left as "
+                "they were before the step"
+            )
+        self.local, self.state = local, state
+        return jax.device_get(grads["shared"]), terms, time.perf_counter() - began
+
+    def checkpoint(self) -> dict:
+        """{"params": local parameters, "state": their optimiser state} (NumPy)."""
+        return jax.device_get({"params": self.local, "state": self.state})
+
+    def restore(self, step: int) -> None:
+        """Load this shard's part of the checkpoint at `step` from the results store."""
+        results = Results.open(self.config.results)
+        _, trees = results.read_checkpoint({self.checkpoint_name: self.checkpoint()}, step)
+        tree = jax.tree.map(jnp.asarray, trees[self.checkpoint_name])
+        self.local, self.state, self.step_index = tree["params"], tree["state"], step
+
+    @property
+    def checkpoint_name(self) -> str:
+        return f"shard_{self.shard.index:03d}"
+
+    def params(self) -> dict:
+        """Local parameters (NumPy), rows in shard order."""
+        return jax.device_get(self.local)
+
+    def chi_squared(self) -> tuple[float, float]:
+        """(Σ χ², Σ measurements) of this shard at the last broadcast shared parameters."""
+        chi2, count = chi_squared_sums(self.model, self._params(), self.batches)
+        return float(chi2), float(count)
+
+    def residual_maps(self) -> dict[str, np.ndarray]:
+        """Exposure name → (p, p) mean whitened residual of this shard."""
+        return residual_maps(self.model, self._params(), self.observations, self.epochs)
+
+    def set_shared(self, shared: dict) -> None:
+        """Hold the final shared parameters (for `chi_squared` and `residual_maps`)."""
+        self.shared = jax.tree.map(jnp.asarray, shared)
+
+    def _params(self) -> dict:
+        return join({"shared": self.shared}, self.local)
