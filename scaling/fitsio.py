@@ -1,9 +1,15 @@
 """One exposure as a JWST-like FITS file: header metadata, slopes, variance, bad pixels.
 
-Layout: a primary HDU holding the metadata keywords, then image extensions 'SLOPE' and
-'VARIANCE' (float64, (ngroups-1, ny, nx), electrons per group, averaged over integrations)
-and 'BADPIX' (uint8, (ny, nx), 1 = bad). Files carry no dates or checksums, so the same
-record always gives the same bytes.
+Layout written: a primary HDU holding the metadata keywords, then image extensions
+'SLOPE' and 'VARIANCE' (float64, (ngroups-1, ny, nx), electrons per group, averaged over
+integrations) and 'BADPIX' (uint8, (ny, nx), 1 = bad). Files carry no dates or checksums,
+so the same record always gives the same bytes.
+
+The reader also accepts the common JWST names: 'SCI' for 'SLOPE', 'ERR' (standard
+deviation, variance = ERR²) for 'VARIANCE', 'DQ' (bit mask, (ny, nx) or one plane per
+slope; bad where DO_NOT_USE is set) for 'BADPIX'; keywords are looked up in the primary
+header, then in the SLOPE/SCI header, each under its aliases (`_ALIASES`); EXPMID falls
+back to (EXPSTART + EXPEND) / 2.
 """
 
 import os
@@ -39,6 +45,22 @@ _ID_WIDTHS = {"PROGRAM": 5, "OBSERVTN": 3, "VISIT": 3, "EXPOSURE": 5}
 
 _OPTIONAL = {"DITHX": 0.0, "DITHY": 0.0}
 """Keywords a reader may miss (real AMI files have no dither keywords), with defaults."""
+
+_ALIASES = {"TARGPROP": ("TARGNAME",), "ROLL_REF": ("PA_V3",), "EXPMID": ("MJD-AVG",)}
+"""Other names a reader accepts for a keyword, tried in order after it (JWST and FITS)."""
+
+_MIDPOINT = ("EXPSTART", "EXPEND")
+"""[MJD] exposure start and end; EXPMID is their mean when it and its aliases are absent."""
+
+_EXTENSIONS = {
+    "slope": {"SLOPE": (3,), "SCI": (3,)},
+    "variance": {"VARIANCE": (3,), "ERR": (3,)},
+    "badpix": {"BADPIX": (2,), "DQ": (2, 3)},
+}
+"""Record array → {extension name: dimensions it may have}, ours first, then JWST's."""
+
+DO_NOT_USE = 1
+"""JWST data-quality bit of a pixel that must not be used."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,13 +140,13 @@ def write_exposure(path: str | os.PathLike, record: ExposureRecord) -> None:
         raise
 
 
-def _keyword(header: fits.Header, key: str, kind: type, path: Path):
-    """Header value converted to `kind`; a ValueError naming file and keyword if not."""
-    if key not in header:
-        if key in _OPTIONAL:
-            return _OPTIONAL[key]
-        raise ValueError(f"{path}: missing header keyword {key}")
-    value = header[key]
+def _alternatives(names: tuple[str, ...]) -> str:
+    """'A' or 'A (or B, or C)': a field and its accepted alternatives, for messages."""
+    return names[0] + (f" (or {', or '.join(names[1:])})" if len(names) > 1 else "")
+
+
+def _convert(value, kind: type, key: str, path: Path):
+    """Header `value` of keyword `key` as `kind`; a ValueError naming file and keyword if not."""
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{path}: keyword {key}: expected a boolean, got {value!r}")
@@ -139,19 +161,94 @@ def _keyword(header: fits.Header, key: str, kind: type, path: Path):
     raise ValueError(f"{path}: keyword {key}: expected {kind.__name__}, got {value!r}")
 
 
-def _extension(hdul: fits.HDUList, name: str, ndim: int, path: Path) -> np.ndarray:
-    """Data of image extension `name` with `ndim` dimensions."""
-    if name not in hdul:
-        raise ValueError(f"{path}: missing extension {name}")
-    data = hdul[name].data
-    if data is None or data.ndim != ndim:
+def _find(headers: tuple[fits.Header, ...], names: tuple[str, ...]) -> str | None:
+    """The first of `names` present in any of `headers` (names first, then headers)."""
+    return next((n for n in names for h in headers if n in h), None)
+
+
+def _value(headers: tuple[fits.Header, ...], key: str):
+    """Value of `key` in the first of `headers` holding it."""
+    return next(h[key] for h in headers if key in h)
+
+
+def _keyword(headers: tuple[fits.Header, ...], key: str, kind: type, path: Path) -> tuple:
+    """(value as `kind`, name it was read under) of keyword `key` or an alias of it.
+
+    Raises:
+        ValueError: naming the file, the keyword and its alternatives.
+    """
+    names = (key, *_ALIASES.get(key, ()))
+    found = _find(headers, names)
+    if found is not None:
+        return _convert(_value(headers, found), kind, found, path), found
+    if key in _OPTIONAL:
+        return _OPTIONAL[key], key
+    if key == "EXPMID":
+        return _midpoint(headers, names, path)
+    raise ValueError(f"{path}: missing header keyword {_alternatives(names)}")
+
+
+def _midpoint(headers: tuple[fits.Header, ...], names: tuple[str, ...], path: Path) -> tuple:
+    """((EXPSTART + EXPEND) / 2 in MJD, 'EXPSTART/EXPEND') for a file without `names`."""
+    if not all(_find(headers, (k,)) for k in _MIDPOINT):
+        alternatives = _alternatives((*names, " and ".join(_MIDPOINT)))
+        raise ValueError(f"{path}: missing header keyword {alternatives}")
+    start, end = (_convert(_value(headers, k), float, k, path) for k in _MIDPOINT)
+    return (start + end) / 2, "/".join(_MIDPOINT)
+
+
+def _extension(hdul: fits.HDUList, field: str, path: Path) -> tuple[np.ndarray, str]:
+    """(data, name) of the first extension present among `field`'s accepted names."""
+    names = tuple(_EXTENSIONS[field])
+    name = next((n for n in names if n in hdul), None)
+    if name is None:
+        raise ValueError(f"{path}: missing extension {_alternatives(names)}")
+    data, ndims = hdul[name].data, _EXTENSIONS[field][name]
+    if data is None or data.ndim not in ndims:
         shape = None if data is None else data.shape
-        raise ValueError(f"{path}: extension {name}: expected {ndim} dimensions, got shape {shape}")
-    return data
+        expected = " or ".join(map(str, ndims))
+        raise ValueError(
+            f"{path}: extension {name}: expected {expected} dimensions, got shape {shape}"
+        )
+    return data, name
+
+
+def _variance(hdul: fits.HDUList, path: Path) -> tuple[NDArray[np.float64], str]:
+    """((s, ny, nx) variance, e-², name) from VARIANCE, or ERR² with ERR's sign kept (so
+    a negative ERR fails validation as a negative variance)."""
+    data, name = _extension(hdul, "variance", path)
+    data = np.asarray(data, dtype=np.float64)
+    return (np.copysign(data**2, data) if name == "ERR" else data), name
+
+
+def _badpix(hdul: fits.HDUList, planes: int, path: Path) -> tuple[NDArray[np.bool_], str]:
+    """((ny, nx) mask, name) from BADPIX (non-zero = bad) or from the DO_NOT_USE bit of
+    DQ, (ny, nx) or (`planes`, ny, nx) (set in any plane = bad)."""
+    data, name = _extension(hdul, "badpix", path)
+    if name == "BADPIX":
+        return np.asarray(data) != 0, name
+    if data.dtype.kind not in "iu":
+        raise ValueError(
+            f"{path}: extension DQ: expected an integer bit mask, got {data.dtype.name}"
+        )
+    if data.ndim == 3 and data.shape[0] != planes:
+        raise ValueError(f"{path}: extension DQ: expected {planes} planes, got shape {data.shape}")
+    bad = (np.asarray(data) & DO_NOT_USE) != 0
+    return (bad.any(axis=0) if bad.ndim == 3 else bad), name
 
 
 def read_exposure(path: str | os.PathLike) -> ExposureRecord:
     """Read one exposure; arrays come back native-endian (float64 data, bool mask).
+
+    Raises:
+        ValueError: naming the file and the missing or invalid extension or keyword.
+    """
+    return read_exposure_with_names(path)[0]
+
+
+def read_exposure_with_names(path: str | os.PathLike) -> tuple[ExposureRecord, dict[str, str]]:
+    """(record, names): the exposure and, for each record field, the keyword or extension
+    it was read from (e.g. {'slope': 'SCI', 'expmid': 'EXPSTART/EXPEND', …}).
 
     Raises:
         ValueError: naming the file and the missing or invalid extension or keyword.
@@ -164,24 +261,32 @@ def read_exposure(path: str | os.PathLike) -> ExposureRecord:
             raise
         raise ValueError(f"{path}: not a readable FITS file ({err})") from None
     with hdul:
-        header = hdul[0].header
-        meta = {
-            field: _keyword(header, key, kind, path) for key, (field, kind, _) in _KEYWORDS.items()
-        }
-        slope = np.asarray(_extension(hdul, "SLOPE", 3, path), dtype=np.float64)
-        variance = np.asarray(_extension(hdul, "VARIANCE", 3, path), dtype=np.float64)
-        badpix = np.asarray(_extension(hdul, "BADPIX", 2, path)) != 0
-    if slope.shape[0] != meta["ngroups"] - 1:
+        slope, slope_name = _extension(hdul, "slope", path)
+        headers = (hdul[0].header, hdul[slope_name].header)
+        meta, names = {}, {"slope": slope_name}
+        for key, (field, kind, _) in _KEYWORDS.items():
+            meta[field], names[field] = _keyword(headers, key, kind, path)
+        slope = np.asarray(slope, dtype=np.float64)
+        variance, names["variance"] = _variance(hdul, path)
+        badpix, names["badpix"] = _badpix(hdul, slope.shape[0], path)
+    _check_shapes(slope, variance, badpix, meta["ngroups"], names, path)
+    return ExposureRecord(**meta, slope=slope, variance=variance, badpix=badpix), names
+
+
+def _check_shapes(slope, variance, badpix, ngroups: int, names: dict[str, str], path) -> None:
+    """Slopes have NGROUPS-1 planes; variance matches them, the mask their (ny, nx)."""
+    if slope.shape[0] != ngroups - 1:
         raise ValueError(
-            f"{path}: extension SLOPE: expected NGROUPS-1 = {meta['ngroups'] - 1} planes, "
+            f"{path}: extension {names['slope']}: expected NGROUPS-1 = {ngroups - 1} planes, "
             f"got shape {slope.shape}"
         )
     if variance.shape != slope.shape:
         raise ValueError(
-            f"{path}: extension VARIANCE: expected shape {slope.shape}, got {variance.shape}"
+            f"{path}: extension {names['variance']}: expected shape {slope.shape}, "
+            f"got {variance.shape}"
         )
     if badpix.shape != slope.shape[1:]:
         raise ValueError(
-            f"{path}: extension BADPIX: expected shape {slope.shape[1:]}, got {badpix.shape}"
+            f"{path}: extension {names['badpix']}: expected shape {slope.shape[1:]}, "
+            f"got {badpix.shape}"
         )
-    return ExposureRecord(**meta, slope=slope, variance=variance, badpix=badpix)

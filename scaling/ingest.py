@@ -1,10 +1,11 @@
 """FITS exposures → a campaign store (`scaling.store`), checked, appended, atomic.
 
-Each file is read with `scaling.fitsio.read_exposure` (primary-header keywords FILTER,
-PUPIL, TARGPROP, IS_PSF, EXPMID, ROLL_REF, NINTS, NGROUPS, TGROUP, SUBARRAY, PROGRAM,
-OBSERVTN, VISIT, EXPOSURE, optional DITHX/DITHY, TARG_RA/TARG_DEC; image extensions
-SLOPE, VARIANCE, BADPIX) and checked by `scaling.validate`. A file whose SHA-256 is
-already in the store is skipped, so ingesting again is a no-op and new files append.
+Each file is read with `scaling.fitsio.read_exposure` (keywords FILTER, PUPIL, TARGPROP,
+IS_PSF, EXPMID, ROLL_REF, NINTS, NGROUPS, TGROUP, SUBARRAY, PROGRAM, OBSERVTN, VISIT,
+EXPOSURE, optional DITHX/DITHY, TARG_RA/TARG_DEC; image extensions SLOPE, VARIANCE,
+BADPIX; or their JWST names, see there) and checked by `scaling.validate`. A file
+whose SHA-256 is already in the store is skipped, so ingesting again is a no-op and new
+files append.
 
 Atomicity. For a local path the new store is built beside the old one
 (`.NAME.ingest-*`, existing files hard-linked, never modified) and swapped in with two

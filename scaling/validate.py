@@ -2,9 +2,12 @@
 
 `scaling.fitsio.read_exposure` parses the file (keywords, extensions, shapes); this module
 adds what a fit needs to be true of the values, and turns every failure into an
-`IngestError` whose message starts with the file and names the field:
+`IngestError` whose message starts with the file and names the field as the file spells
+it (e.g. SCI or SLOPE, PA_V3 or ROLL_REF):
 
     file: FIELD: what was expected, what was found
+
+Values of masked pixels are not checked: JWST products carry NaN there.
 """
 
 import hashlib
@@ -18,7 +21,7 @@ import numpy as np
 from astropy.io import fits
 
 from model.constants import FILTERS
-from scaling.fitsio import ExposureRecord, read_exposure
+from scaling.fitsio import ExposureRecord, read_exposure_with_names
 
 _COORDINATES = {"TARG_RA": "target_ra", "TARG_DEC": "target_dec"}
 """Optional primary-header keywords (JWST names, degrees) kept for the WCS of exports."""
@@ -60,26 +63,27 @@ def check_exposure(path: str | os.PathLike, sha256: str) -> CheckedExposure:
 
     Raises:
         IngestError: unreadable, truncated or non-FITS file; missing extension or keyword;
-            mismatched shapes; unknown filter; non-finite slopes; non-positive variance
+            mismatched shapes; unknown filter; non-finite slopes or non-positive variance
             on an unmasked pixel; every pixel masked; out-of-range header values.
     """
     path = Path(path)
-    record = _read(path)
-    _check_header(record, path)
-    _check_arrays(record, path)
+    record, names = _read(path)
+    _check_header(record, names, path)
+    _check_arrays(record, names, path)
     coordinates = _coordinates(path)
     return CheckedExposure(path, sha256, record, **coordinates)
 
 
-def _read(path: Path) -> ExposureRecord:
-    """`read_exposure`, with truncation (a warning in astropy) and any failure as errors."""
+def _read(path: Path) -> tuple[ExposureRecord, dict[str, str]]:
+    """`read_exposure_with_names`, with truncation (a warning in astropy) and any failure
+    as errors."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            record = read_exposure(path)
+            read = read_exposure_with_names(path)
             failure = None
         except Exception as err:  # a malformed file can fail anywhere inside astropy
-            record, failure = None, err
+            read, failure = None, err
     truncated = [w for w in caught if "truncated" in str(w.message)]
     if truncated:
         raise IngestError(f"{path}: file is truncated ({truncated[0].message})")
@@ -92,53 +96,61 @@ def _read(path: Path) -> ExposureRecord:
         ) from None
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return record
+    return read
 
 
-def _check_header(r: ExposureRecord, path: Path) -> None:
-    """Filter known; counts, times and angles in range."""
+def _check_header(r: ExposureRecord, names: dict[str, str], path: Path) -> None:
+    """Filter known; counts, times and angles in range. `names`: field → keyword read."""
     if r.filter not in FILTERS:
         raise IngestError(
             f"{path}: FILTER: unknown filter {r.filter!r}; expected one of {', '.join(FILTERS)}"
         )
     if not r.target:
-        raise IngestError(f"{path}: TARGPROP: empty target name")
-    minimums = {"NGROUPS": (r.ngroups, 2), "NINTS": (r.nints, 1)}
-    minimums |= {
-        "PROGRAM": (r.program, 0),
-        "OBSERVTN": (r.observation, 0),
-        "VISIT": (r.visit, 0),
-        "EXPOSURE": (r.exposure, 0),
+        raise IngestError(f"{path}: {names['target']}: empty target name")
+    minimums = {
+        "ngroups": 2,
+        "nints": 1,
+        "program": 0,
+        "observation": 0,
+        "visit": 0,
+        "exposure": 0,
     }
-    for key, (value, minimum) in minimums.items():
+    for field, minimum in minimums.items():
+        value = getattr(r, field)
         if value < minimum:
-            raise IngestError(f"{path}: {key}: expected an integer >= {minimum}, got {value}")
-    finite = {"EXPMID": r.expmid, "ROLL_REF": r.roll, "DITHX": r.dither_x, "DITHY": r.dither_y}
-    for key, value in finite.items():
+            raise IngestError(
+                f"{path}: {names[field]}: expected an integer >= {minimum}, got {value}"
+            )
+    for field in ("expmid", "roll", "dither_x", "dither_y"):
+        value = getattr(r, field)
         if not math.isfinite(value):
-            raise IngestError(f"{path}: {key}: expected a finite number, got {value}")
+            raise IngestError(f"{path}: {names[field]}: expected a finite number, got {value}")
     if not (math.isfinite(r.group_time) and r.group_time > 0):
-        raise IngestError(f"{path}: TGROUP: expected seconds > 0, got {r.group_time}")
-
-
-def _check_arrays(r: ExposureRecord, path: Path) -> None:
-    """Finite slopes, positive finite variance on unmasked pixels, some pixel unmasked."""
-    if r.badpix.all():
-        raise IngestError(f"{path}: BADPIX: every pixel is masked ({r.badpix.size} pixels)")
-    bad = ~np.isfinite(r.slope)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise IngestError(
-            f"{path}: SLOPE: {int(bad.sum())} values are NaN or inf, first at (group, y, x) = "
-            f"{where}: {r.slope[where]}"
+            f"{path}: {names['group_time']}: expected seconds > 0, got {r.group_time}"
+        )
+
+
+def _check_arrays(r: ExposureRecord, names: dict[str, str], path: Path) -> None:
+    """Some pixel unmasked; finite slopes, positive finite variance on unmasked pixels.
+    `names`: array → extension read."""
+    if r.badpix.all():
+        raise IngestError(
+            f"{path}: {names['badpix']}: every pixel is masked ({r.badpix.size} pixels)"
         )
     good = ~r.badpix[None]
-    bad = good & ~(np.isfinite(r.variance) & (r.variance > 0))
+    _first_bad(path, names["slope"], r.slope, good & ~np.isfinite(r.slope), "NaN or inf")
+    positive = np.isfinite(r.variance) & (r.variance > 0)
+    _first_bad(path, names["variance"], r.variance, good & ~positive, "<= 0 or not finite")
+
+
+def _first_bad(path: Path, name: str, data: np.ndarray, bad: np.ndarray, what: str) -> None:
+    """Raise naming how many unmasked values of `data` are `bad` and where the first is."""
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise IngestError(
-            f"{path}: VARIANCE: {int(bad.sum())} unmasked values are <= 0 or not finite, first "
-            f"at (group, y, x) = {where}: {r.variance[where]}"
+            f"{path}: {name}: {int(bad.sum())} unmasked values are {what}, first at "
+            f"(group, y, x) = {where}: {data[where]}"
         )
 
 

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,15 +18,15 @@ import zarr
 from astropy.io import fits
 
 from scaling._zarr import StoreError
-from scaling.fitsio import read_exposure
+from scaling.fitsio import ExposureRecord, read_exposure
 from scaling.ingest import (
     add_ingest_parser,
     ingest,
     load_epoch_table,
     summary_table,
 )
-from scaling.store import Campaign, previous_store
-from scaling.validate import IngestError
+from scaling.store import RECORD_FIELDS, Campaign, previous_store
+from scaling.validate import IngestError, file_sha256
 from tests.campaign_files import (
     make_record,
     records_equal,
@@ -33,6 +34,7 @@ from tests.campaign_files import (
     write,
     write_campaign,
 )
+from tests.test_fitsio import to_jwst
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,16 @@ def test_round_trip_is_bit_identical(tmp_path):
             np.float64,
             np.bool_,
         ]
+        for a in ("slope", "variance", "badpix"):
+            assert group[a].metadata.zarr_format == 3 and group[a].chunks == group[a].shape
+            assert [type(c).__name__ for c in group[a].compressors] == ["ZstdCodec"]
+        path = tmp_path / "fits" / group.attrs["source_file"]
+        record = by_file[path.name]
+        assert {f: group.attrs[f] for f in RECORD_FIELDS} == {
+            f: getattr(record, f) for f in RECORD_FIELDS
+        }
+        assert group.attrs["sha256"] == file_sha256(path) == campaign.info(name).sha256
+        assert group.attrs["role"] == ("calibrator" if record.is_psf else "science")
 
 
 def test_reingest_is_a_no_op_and_new_files_append(tmp_path):
@@ -138,6 +150,29 @@ def test_summary_table_counts_per_target_filter_epoch(campaign):
     ]
 
 
+def with_nonfinite_masked(record: ExposureRecord) -> ExposureRecord:
+    """`record` with pixels (0, 0) and (7, 7) masked and holding what JWST products put
+    on DO_NOT_USE pixels: NaN and ±inf slopes, NaN, zero and negative variance."""
+    badpix, slope, variance = record.badpix.copy(), record.slope.copy(), record.variance.copy()
+    badpix[0, 0] = badpix[7, 7] = True
+    slope[:, 0, 0], variance[:, 0, 0] = np.nan, np.nan
+    slope[:, 7, 7], variance[:, 7, 7] = np.inf, 0.0
+    slope[0, 7, 7], variance[0, 7, 7] = -np.inf, -1.0
+    return dataclasses.replace(record, badpix=badpix, slope=slope, variance=variance)
+
+
+@pytest.mark.parametrize("jwst", [False, True], ids=["our names", "JWST names"])
+def test_nonfinite_and_nonpositive_values_on_masked_pixels_are_kept(tmp_path, jwst):
+    path = write(tmp_path / "fits", with_nonfinite_masked(make_record(1, 1, 60000.0)))
+    if jwst:
+        to_jwst(path)
+    campaign = ingest([path], tmp_path / "c.zarr", progress=False).campaign
+    (stored,) = campaign.read(campaign.names).values()
+    assert records_equal(stored, read_exposure(path))  # bit for bit, NaN included
+    assert np.isnan(stored.slope[:, 0, 0]).all() and np.isnan(stored.variance[:, 0, 0]).all()
+    assert np.isinf(stored.slope[:, 7, 7]).all() and stored.variance[0, 7, 7] == -1.0
+
+
 # --- bad input: each names the file and the field, and leaves the store as it was ----------
 
 
@@ -160,6 +195,12 @@ def _without(folder: Path, *, extension: str | None = None, keyword: str | None 
     if keyword:
         del hdus[0].header[keyword]
     hdus.writeto(path, overwrite=True)
+    return path
+
+
+def _drop_keyword(path: Path, keyword: str) -> Path:
+    with fits.open(path, mode="update") as hdul:
+        del hdul[0].header[keyword]
     return path
 
 
@@ -202,10 +243,17 @@ BAD_INPUTS = {
         _bad("shapes", variance=lambda r: r.variance[:, :, :-1]),
         r"shapes.fits: extension VARIANCE: expected shape \(3, 8, 8\), got \(3, 8, 7\)",
     ),
-    "NaN slope": (_bad("nan", slope=_set("slope", np.nan)), "nan.fits: SLOPE: 1 values are NaN"),
-    "inf slope on a masked pixel": (
-        _bad("inf", slope=_set("slope", np.inf, masked=True)),
-        "inf.fits: SLOPE: 1 values are NaN or inf",
+    "NaN slope": (
+        _bad("nan", slope=_set("slope", np.nan)),
+        "nan.fits: SLOPE: 1 unmasked values are NaN",
+    ),
+    "inf slope": (
+        _bad("inf", slope=_set("slope", -np.inf)),
+        "inf.fits: SLOPE: 1 unmasked values are NaN or inf",
+    ),
+    "NaN in SCI (JWST names)": (
+        lambda f: to_jwst(_bad("sci", slope=_set("slope", np.nan))(f)),
+        "sci.fits: SCI: 1 unmasked values are NaN",
     ),
     "zero variance": (
         _bad("zero", variance=_set("variance", 0.0)),
@@ -215,9 +263,21 @@ BAD_INPUTS = {
         _bad("negative", variance=_set("variance", -1.0)),
         "negative.fits: VARIANCE: 1 unmasked values are <= 0",
     ),
+    "negative ERR (JWST names)": (
+        lambda f: to_jwst(_bad("err", variance=_set("variance", -1.0))(f)),
+        "err.fits: ERR: 1 unmasked values are <= 0",
+    ),
     "all pixels masked": (
         _bad("masked", badpix=lambda r: np.ones_like(r.badpix)),
         "masked.fits: BADPIX: every pixel is masked",
+    ),
+    "all pixels DO_NOT_USE (JWST names)": (
+        lambda f: to_jwst(_bad("dq", badpix=lambda r: np.ones_like(r.badpix))(f)),
+        "dq.fits: DQ: every pixel is masked",
+    ),
+    "missing keyword and its aliases (JWST names)": (
+        lambda f: _drop_keyword(to_jwst(_bad("jw")(f)), "TARGNAME"),
+        r"jw.fits: missing header keyword TARGPROP \(or TARGNAME\)",
     ),
     "unknown filter": (
         _bad("filter", filter="F999M"),
@@ -232,7 +292,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_names_file_and_field_and_leaves_store_untouched(case, campaign, tmp_path):
+def test_bad_input_names_file_and_field_and_leaves_store_untouched(
+    case, campaign, tmp_path, capsys
+):
     files, store = campaign
     make, message = BAD_INPUTS[case]
     new = write(tmp_path / "new", make_record(6, 1, 60002.0))
@@ -242,18 +304,50 @@ def test_bad_input_names_file_and_field_and_leaves_store_untouched(case, campaig
         ingest([*files, new, bad], store, progress=False)
     assert tree_digest(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "fits", "new"]
+    argv = ["ingest", *map(str, [*files, new, bad]), "--out", str(store)]
+    _assert_cli_refuses(argv, message, capsys)
+    assert tree_digest(store) == before
 
 
-def test_bad_input_on_the_command_line_exits_nonzero(campaign, tmp_path, capsys):
-    files, store = campaign
-    bad = _bad("filter", filter="F999M")(tmp_path)
-    assert _cli(["ingest", str(bad), "--out", str(store), "--quiet"]) == 2
+def _assert_cli_refuses(argv: list[str], message: str, capsys) -> None:
+    """`scaling ARGV --quiet` exits with 2 and prints one error line matching `message`."""
+    assert _cli([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "filter.fits: FILTER: unknown filter" in err and err.count("\n") == 1
-    assert _cli(["ingest", *map(str, files), "--out", str(tmp_path / "d.zarr"), "--quiet"]) == 0
-    assert (
-        "5 exposures added, 0 already present; 5 exposures in 2 epochs" in capsys.readouterr().out
-    )
+    assert err.startswith("scaling ingest: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_bad_paths_and_stores_on_the_command_line_exit_nonzero(campaign, tmp_path, capsys):
+    files, store = campaign
+    before = tree_digest(store)
+    (tmp_path / "file.zarr").write_text("x")
+    (tmp_path / "epochs.toml").write_text("[epochs\n")
+    names = list(map(str, files))
+    table = ["--epoch-table", str(tmp_path / "epochs.toml")]
+    cases = {
+        "none-.*: the pattern matches no file": [str(tmp_path / "none-*.fits")],
+        "epochs.toml: cannot read the epoch table": [*names, *table],
+        "schema_version: this code reads version 1": names,
+    }
+    for message, inputs in cases.items():
+        if "schema" in message:
+            zarr.open_group(store, mode="r+", use_consolidated=True).attrs["schema_version"] = 99
+            before = tree_digest(store)
+        _assert_cli_refuses(["ingest", *inputs, "--out", str(store)], message, capsys)
+        assert tree_digest(store) == before
+    out = str(tmp_path / "file.zarr")
+    _assert_cli_refuses(["ingest", *names, "--out", out], "the output path is a file", capsys)
+    assert (tmp_path / "file.zarr").read_text() == "x"
+
+
+def test_command_line_ingest_with_an_epoch_window(tmp_path, capsys):
+    files = write_campaign(tmp_path / "fits")
+    out = str(tmp_path / "d.zarr")
+    assert _cli(["ingest", *map(str, files), "--out", out, "--epoch-window-hours", "100"]) == 0
+    captured = capsys.readouterr()
+    assert "5 exposures added, 0 already present; 5 exposures in 1 epochs" in captured.out
+    assert re.search(r"ingest: 100%.* 5/5", captured.err)  # the progress bar
+    assert Campaign.open(out).epoch_rule == {"window_hours": 100.0}
 
 
 def test_empty_glob_and_missing_file(tmp_path):

@@ -1,14 +1,33 @@
-"""Reading a campaign store: listing, selection, partitioning, shard reads, fsspec URLs."""
+"""Reading a campaign store: listing, selection, partitioning, shard reads, fsspec URLs,
+nothing unpickled, masked NaN pixels through to the loss."""
 
+import dataclasses
+import json
+import pickle
+import re
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
+from model import ami_model, nominal_detector
 from scaling._zarr import StoreError
+from scaling.fit import load_observations
 from scaling.fitsio import read_exposure
 from scaling.ingest import ingest
+from scaling.objective import loss
+from scaling.partition import make_batches
 from scaling.store import ARRAYS, Campaign
-from tests.campaign_files import records_equal, write_campaign
+from tests.campaign_files import NPIX, T0, make_record, records_equal, write, write_campaign
+from tests.test_ingest import with_nonfinite_masked
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CountingStore(MemoryStore):
@@ -138,3 +157,91 @@ def test_open_refuses_what_is_not_a_campaign(tmp_path):
         Campaign.open(tmp_path / "file.zarr")
     with pytest.raises(StoreError, match="not a Zarr v3 ami-campaign store"):
         Campaign.open("memory://store-test/nothing.zarr")
+
+
+# --- nothing read from user files is unpickled ---------------------------------------------
+
+
+def test_no_code_path_unpickles():
+    """No pickle in the readers; every np.load refuses pickles."""
+    for path in sorted((REPO / "scaling").glob("*.py")) + sorted((REPO / "model").glob("*.py")):
+        text = path.read_text()
+        assert not re.search(r"\b(c?pickle|joblib|dill)\b\s*(\.|import)", text), path
+        assert "allow_pickle=True" not in text, path
+        for call in re.findall(r"np\.load\([^)]*\)", text):
+            assert "allow_pickle=False" in call, (path, call)
+
+
+class _Unpickled(Exception):
+    pass
+
+
+def _raise_unpickled():
+    raise _Unpickled
+
+
+class _Payload:
+    def __reduce__(self):
+        return (_raise_unpickled, ())
+
+
+def _put(store: MemoryStore, key: str, data: bytes) -> None:
+    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def _json(store: MemoryStore, key: str) -> dict:
+    return json.loads(sync(store.get(key, default_buffer_prototype())).to_bytes())
+
+
+def test_a_store_naming_a_pickle_codec_is_refused_unread(tmp_path):
+    store = MemoryStore()
+    ingest(write_campaign(tmp_path, nepochs=1, per_epoch=1, ncal=0), store, progress=False)
+    (name,) = Campaign.open(store).names
+    key = f"exposures/{name}/slope"
+    pickled = [{"name": "numcodecs.pickle", "configuration": {}}]
+    root, array = _json(store, "zarr.json"), _json(store, f"{key}/zarr.json")
+    root["consolidated_metadata"]["metadata"][key]["codecs"] = array["codecs"] = pickled
+    _put(store, "zarr.json", json.dumps(root).encode())
+    _put(store, f"{key}/zarr.json", json.dumps(array).encode())
+    _put(store, f"{key}/c/0/0/0", pickle.dumps(_Payload()))
+    with pytest.raises(StoreError, match=r"Unknown codec: 'numcodecs\.pickle'"):
+        Campaign.open(store).read([name])
+
+
+# --- masked NaN pixels: store → observations → batches → loss --------------------------------
+
+
+def _params(model, nexposures: int, nepochs: int) -> dict:
+    """Nominal detector, small aberrations, flat 5×5 images, centred sources."""
+    nterms = model.optics.pupil.basis.shape[0]
+    shared = nominal_detector(NPIX) | {"jitter": jnp.asarray(0.1)}
+    shared["aberrations"] = {"F430M": 5.0 * jnp.arange(nterms, dtype=float) / nterms}
+    exposure = {
+        "position": jnp.zeros((nexposures, 2)),
+        "log_flux": jnp.full(nexposures, 3.5),
+        "spectral_slope": jnp.zeros(nexposures),
+    }
+    epoch = {"log_image": jnp.zeros((nepochs, 5, 5))}
+    return {"shared": shared, "epoch": epoch, "exposure": exposure}
+
+
+def test_masked_nan_pixels_give_a_finite_loss_and_gradient(tmp_path):
+    science = [make_record(1, k, T0 + k / 1440) for k in (1, 2)]
+    calibrator = make_record(90, 1, T0, target="CAL1", is_psf=True, ngroups=3)
+    files = [write(tmp_path, with_nonfinite_masked(r)) for r in (*science, calibrator)]
+    campaign = ingest(files, "memory://masked-nan/c.zarr", progress=False).campaign
+    names, epochs = list(campaign.names), list(campaign.epochs)
+    observations = load_observations(campaign, names)
+    assert all(np.isnan(o.slopes[:, 0, 0]).all() and o.bad[0, 0] for o in observations)
+    model = ami_model(NPIX, 2, 32, 1, 1, ("F430M",))
+    params = _params(model, len(names), len(epochs))
+    value_and_grad = eqx.filter_jit(
+        jax.value_and_grad(lambda p, batches: loss(model, p, batches, {"tsv": 1.0}))
+    )
+    value, grads = value_and_grad(params, make_batches(observations, names, epochs))
+    assert np.isfinite(value)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    zeroed = [dataclasses.replace(o, slopes=np.where(o.bad, 0.0, o.slopes)) for o in observations]
+    zeroed_value, zeroed_grads = value_and_grad(params, make_batches(zeroed, names, epochs))
+    assert zeroed_value == value  # masked values play no part
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, grads, zeroed_grads)))
