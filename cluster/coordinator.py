@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import ray
+from ray._private import ray_constants
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -59,6 +60,7 @@ def connect(cluster: ClusterConfig) -> bool:
     if cluster.address:
         ray.init(address=cluster.address, log_to_driver=False)
         return True
+    _loopback_only()
     need = math.ceil(cluster.workers * cluster.cpus_per_worker)
     ray.init(
         num_cpus=max(os.cpu_count() or 1, need),
@@ -68,6 +70,19 @@ def connect(cluster: ClusterConfig) -> bool:
         log_to_driver=False,
     )
     return True
+
+
+def _loopback_only() -> None:
+    """Make a local Ray cluster listen on 127.0.0.1 alone.
+
+    On Linux Ray resolves even an explicit 127.0.0.1 to the machine's network address and
+    its GCS and raylets listen on every interface; Ray's switch for single-machine
+    clusters (the one it uses on macOS and Windows) keeps them on the loopback address.
+    It is read by this process (a constant) and by the processes Ray starts (the
+    environment).
+    """
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _sum(trees: list[dict]) -> dict:

@@ -5,7 +5,6 @@
     scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr   FITS exposures → Zarr campaign store
     scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
-    scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
 
 A bad config or path prints one line to stderr and exits with status 2.
 """
@@ -17,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scaling.bench import add_bench_parser
 from scaling.config import CampaignConfig, Config, load_config
 from scaling.export import add_export_parser
 from scaling.ingest import add_ingest_parser
@@ -72,7 +70,10 @@ def _demo(args: argparse.Namespace) -> None:
         fit_config, campaign=str(store), results=str(args.out / "results.zarr"), truth=str(args.out)
     )
     start = time.perf_counter()
-    outcome = fit_campaign(config, progress=not args.quiet, pictures=args.out / "fit")
+    config = _with_cluster(config, args)
+    outcome = fit_campaign(
+        config, progress=not args.quiet, pictures=args.out / "fit", stepper=args.stepper(config)
+    )
     print(
         f"fit       {outcome.step} steps, reduced chi2 {outcome.reduced_chi2:.3f}, pictures in "
         f"{args.out / 'fit'}/, MLflow run {outcome.run_id}  ({time.perf_counter() - start:.1f} s)"
@@ -89,7 +90,10 @@ def _fit(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if not isinstance(config, FitConfig):
             raise ValueError(f"{args.config}: kind: expected 'fit', got {config.KIND!r}")
-        outcome = fit_campaign(config, resume=args.resume, progress=not args.quiet)
+        config = _with_cluster(config, args)
+        outcome = fit_campaign(
+            config, resume=args.resume, progress=not args.quiet, stepper=args.stepper(config)
+        )
     except (ValueError, OSError) as err:
         print(f"scaling fit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -99,6 +103,38 @@ def _fit(args: argparse.Namespace) -> int:
         f"MLflow run {outcome.run_id}"
     )
     return 0
+
+
+def _with_cluster(config, args: argparse.Namespace):
+    """`config` with the command line's cluster options (those given) applied."""
+    given = {
+        "workers": args.workers,
+        "address": getattr(args, "address", None),
+        "gpus_per_worker": getattr(args, "gpus_per_worker", None),
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    cluster = dataclasses.replace(config.cluster, **given)
+    return dataclasses.replace(config, cluster=cluster)
+
+
+def in_process_only(config) -> None:
+    """Stepper choice of this package alone: in process; workers need `cluster`'s CLI."""
+    if config.cluster.workers:
+        raise ValueError(
+            "cluster.workers: a Ray fit needs the `scaling` command of the cluster package "
+            "(cluster.cli); this entry point fits in one process only"
+        )
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser, full: bool) -> None:
+    parser.add_argument(
+        "--workers", type=int, help="Ray shard workers (0: one process; default: config)"
+    )
+    if full:
+        parser.add_argument(
+            "--address", help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: local)"
+        )
+        parser.add_argument("--gpus-per-worker", type=float, help="GPUs each worker requests")
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], object]]] = {
@@ -119,20 +155,26 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "demo":
             sub.add_argument("--fit", type=Path, help="fit config: also ingest and fit")
+            _add_cluster_options(sub, full=False)
     add_ingest_parser(commands)
     add_export_parser(commands)
-    add_bench_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
     fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")
     fit.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cluster_options(fit, full=True)
     fit.set_defaults(handler=_fit)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+def main(argv: Sequence[str] | None = None, stepper_for: Callable = in_process_only) -> int:
+    """Run the command line; returns the exit status.
+
+    `stepper_for(fit_config)` picks what runs a fit's steps (None: in this process);
+    `cluster.cli` passes one that starts Ray workers when the config asks for them.
+    """
     args = _parser().parse_args(argv)
+    args.stepper = stepper_for
     if hasattr(args, "handler"):
         return args.handler(args)
     start = time.perf_counter()

@@ -75,7 +75,7 @@ def initial_local(config: FitConfig, observations: list[Observation], n_epochs: 
     Each exposure's flux starts at its measured count rate (good pixels, mean slope).
     """
     rates = [
-        np.sum(np.where(o.bad, 0.0, o.slopes.mean(axis=0))) / float(o.spec.group_time)
+        np.sum(np.where(o.bad, 0.0, o.slopes).mean(axis=0)) / float(o.spec.group_time)
         for o in observations
     ]
     n = len(observations)

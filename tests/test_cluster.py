@@ -1,0 +1,271 @@
+"""Ray fits equal the single-process engine: 1-3 workers, several nodes, lost workers,
+a killed driver, a failing worker, and a driver that never reads exposure arrays."""
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import ray
+import zarr
+from mlflow.tracking import MlflowClient
+from ray.cluster_utils import Cluster
+
+from cluster.coordinator import RayStepper, connect
+from scaling.config import ClusterConfig, load_config
+from scaling.fit import fit_campaign
+from scaling.ingest import ingest
+from scaling.results import Results
+from scaling.simulate import simulate
+from scaling.store import Campaign
+
+pytestmark = pytest.mark.slow
+
+STEPS = 20
+FIT_TOML = """
+kind = "fit"
+campaign = "{campaign}"
+results = "{results}"
+steps = {steps}
+checkpoint_every = 5
+image_npix = 37
+read_noise = 10.0
+
+[instrument]
+npix = 24
+oversample = 2
+pupil_npix = 64
+nwavels = 3
+n_hole_zernikes = 1
+
+[regularisers]
+tv = 1.0
+maxent = 0.1
+
+[optimisers.position]
+kind = "sgd"
+lr = 0.5
+precondition = true
+
+[optimisers.log_flux]
+kind = "sgd"
+lr = 0.5
+precondition = true
+
+[optimisers.aberrations]
+kind = "sgd"
+lr = 0.3
+start = 3
+precondition = true
+
+[optimisers.log_image]
+kind = "adam"
+lr = 0.05
+start = 2
+
+[tracking]
+uri = "sqlite:///{root}/mlflow.db"
+
+[cluster]
+cpus_per_worker = 0.5
+compile_cache = "{root}/jax-cache"
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    files = simulate(load_config("configs/io_test.toml"), root / "sim", progress=False)
+    ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
+    return root
+
+
+def write_config(root, name: str, steps: int = STEPS, campaign: str = "campaign.zarr"):
+    path = root / f"{name}.toml"
+    path.write_text(
+        FIT_TOML.format(
+            campaign=root / campaign, results=root / f"{name}.zarr", steps=steps, root=root
+        )
+    )
+    return path
+
+
+def config(root, name: str, workers: int = 0, **kwargs):
+    base = load_config(write_config(root, name, **kwargs))
+    return dataclasses.replace(base, cluster=dataclasses.replace(base.cluster, workers=workers))
+
+
+@pytest.fixture(scope="module")
+def reference(root):
+    return fit_campaign(config(root, "reference"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    started = connect(ClusterConfig(workers=2))
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def driver_without_arrays(monkeypatch):
+    """Exposure arrays may be read by workers only, never by this (the driver) process."""
+
+    def refuse(self, names):
+        raise AssertionError(f"the driver read exposure arrays of {list(names)}")
+
+    monkeypatch.setattr(Campaign, "read", refuse)
+
+
+def assert_equal_params(params, reference, rtol=1e-10):
+    pairs = zip(jax.tree.leaves(params), jax.tree.leaves(reference.params), strict=True)
+    for a, b in pairs:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=1e-14)
+
+
+def test_local_ray_binds_to_localhost(local_ray):
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_equal_single_process(root, reference, local_ray, driver_without_arrays, workers):
+    cfg = config(root, f"workers{workers}", workers)
+    out = fit_campaign(cfg, progress=False, stepper=RayStepper)
+    assert out.step == STEPS
+    assert_equal_params(out.params, reference)
+    assert out.reduced_chi2 == pytest.approx(reference.reduced_chi2, rel=1e-10)
+    np.testing.assert_allclose(out.history["total"], reference.history["total"], rtol=1e-10)
+    run = MlflowClient(cfg.tracking.uri).get_run(out.run_id)
+    times = {k for k in run.data.metrics if k.startswith("worker_time.")}
+    assert len(times) == min(workers, 3)
+
+
+def test_killed_worker_rolls_back_and_equals_uninterrupted(root, reference, local_ray):
+    cfg = config(root, "killed", 2)
+    killed = []
+
+    def kill_worker_1(step, stepper):
+        if step == 7 and not killed:
+            killed.append(stepper.where[1]["pid"])
+            os.kill(stepper.where[1]["pid"], signal.SIGKILL)
+
+    out = fit_campaign(cfg, progress=False, stepper=RayStepper, callback=kill_worker_1)
+    assert killed
+    assert_equal_params(out.params, reference)
+    run = MlflowClient(cfg.tracking.uri).get_run(out.run_id)
+    assert run.data.tags["restarts"] == "1"
+    assert run.info.status == "FINISHED"
+
+
+def test_worker_error_names_worker_exposure_and_step(root, local_ray):
+    bad = root / "bad.zarr"
+    shutil.copytree(root / "campaign.zarr", bad)
+    victim = Campaign.open(bad).names[0]
+    group = zarr.open_group(str(bad), mode="r+")
+    slope = group[f"exposures/{victim}/slope"]
+    i, j = np.argwhere(~group[f"exposures/{victim}/badpix"][...])[0]
+    data = slope[...]
+    data[0, i, j] = np.nan
+    slope[...] = data
+    cfg = config(root, "failing", 2, campaign="bad.zarr")
+    with pytest.raises(RuntimeError, match=rf"worker \d \(exposures [^)]*{victim}.*step 1"):
+        fit_campaign(cfg, progress=False, stepper=RayStepper)
+    client = MlflowClient(cfg.tracking.uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("ami-scaling").experiment_id],
+        filter_string=f"tags.results = '{cfg.results}'",
+    )
+    assert runs[0].info.status == "FAILED"
+    assert victim in runs[0].data.tags["error"]
+
+
+def _scaling(*args) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from cluster.cli import main; sys.exit(main())",
+        *args,
+    ]
+
+
+def test_killed_driver_resumes_to_the_same_result(root, reference):
+    path = write_config(root, "driver")
+    results = root / "driver.zarr"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    first = subprocess.Popen(
+        _scaling("fit", str(path), "--workers", "2", "--quiet"),
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        if results.exists() and any(s >= 10 for s in _steps(results)):
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, "the first run ended before it could be killed"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert max(_steps(results)) < STEPS
+    done = subprocess.run(
+        _scaling("fit", str(path), "--workers", "2", "--resume", "--quiet"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    snapshot = Results.open(results).load()
+    assert snapshot.step == STEPS
+    ref = reference.params
+    for name, value in snapshot.shared.items():
+        np.testing.assert_allclose(
+            jax.tree.leaves(value), jax.tree.leaves(ref["shared"][name]), rtol=1e-10
+        )
+    for name, value in snapshot.exposure.items():
+        np.testing.assert_allclose(value, ref["exposure"][name], rtol=1e-10, atol=1e-14)
+
+
+def _steps(results) -> list[int]:
+    try:
+        return Results.open(results).checkpoint_steps
+    except Exception:
+        return []
+
+
+def test_three_nodes_hold_one_shard_each(root, reference):
+    """A head and two more nodes on this machine; STRICT_SPREAD puts a shard on each."""
+    ray.shutdown()
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        nodes.add_node(num_cpus=1)
+    try:
+        cfg = config(root, "nodes", 3)
+        cluster = dataclasses.replace(
+            cfg.cluster, address=nodes.address, cpus_per_worker=1.0, placement="STRICT_SPREAD"
+        )
+        placement = []
+
+        def record(step, stepper):
+            if step == 1:
+                placement.extend(w["node_id"] for w in stepper.where)
+
+        out = fit_campaign(
+            dataclasses.replace(cfg, cluster=cluster),
+            progress=False,
+            stepper=RayStepper,
+            callback=record,
+        )
+        assert len(placement) == 3 and len(set(placement)) == 3
+        assert_equal_params(out.params, reference)
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
