@@ -5,6 +5,7 @@
     scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr   FITS exposures → Zarr campaign store
     scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
+    scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
 
 A bad config or path prints one line to stderr and exits with status 2.
 """
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from scaling.bench import add_bench_parser
 from scaling.config import CampaignConfig, Config, load_config
 from scaling.export import add_export_parser
 from scaling.ingest import add_ingest_parser
@@ -158,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
             _add_cluster_options(sub, full=False)
     add_ingest_parser(commands)
     add_export_parser(commands)
+    add_bench_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
     fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")
     fit.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
