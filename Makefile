@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scaling demo configs/io_demo.toml --fit configs/io_demo_fit.toml --out out/io_demo
+	$(BIN)/scaling demo configs/io_demo.toml --fit configs/io_demo_fit.toml --out out/io_demo --workers 2
 
 ui: $(STAMP)
 	@echo "MLflow UI at http://127.0.0.1:5000 (runs in ./mlflow.db); Ctrl-C to stop"
