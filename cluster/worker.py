@@ -103,6 +103,11 @@ class ShardWorker:
             "cost": self.shard.cost,
         }
 
+    def memory_stats(self) -> dict[str, int]:
+        """Device → peak bytes in use, for devices that report it (GPUs)."""
+        stats = {str(d): d.memory_stats() for d in jax.local_devices()}
+        return {d: s["peak_bytes_in_use"] for d, s in stats.items() if s}
+
     def fisher_shared(self) -> dict:
         """This shard's part of the shared Fisher diagonal (summed by the coordinator)."""
         return jax.device_get(self.fisher["shared"])

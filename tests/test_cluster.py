@@ -2,6 +2,7 @@
 a killed driver, a failing worker, and a driver that never reads exposure arrays."""
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import zarr
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
+from cluster.bench import main as bench_main
 from cluster.coordinator import RayStepper, connect
 from scaling.config import ClusterConfig, load_config
 from scaling.fit import fit_campaign
@@ -145,6 +147,18 @@ def test_workers_equal_single_process(root, reference, local_ray, driver_without
     run = MlflowClient(cfg.tracking.uri).get_run(out.run_id)
     times = {k for k in run.data.metrics if k.startswith("worker_time.")}
     assert len(times) == min(workers, 3)
+
+
+def test_cluster_bench_times_workers_side_by_side(tmp_path, local_ray):
+    out = tmp_path / "bench.json"
+    args = ["configs/io_test.toml", "configs/io_test_fit.toml", "--workers", "0,2"]
+    assert bench_main([*args, "--steps", "7", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["workers"] for r in report["runs"]] == [0, 2]
+    assert report["final_loss_spread"] < 1e-12
+    two = report["runs"][1]
+    assert two["median_step_s"] > 0 and len(two["median_worker_compute_s"]) == 2
+    assert len(two["placement"]) == 2
 
 
 def test_killed_worker_rolls_back_and_equals_uninterrupted(root, reference, local_ray):
