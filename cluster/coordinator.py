@@ -145,6 +145,13 @@ class RayStepper:
 
     def _place(self) -> None:
         bundles = [self._bundle() for _ in self.shards]
+        gpus, seen = sum(b.get("GPU", 0) for b in bundles), ray.cluster_resources().get("GPU", 0)
+        if gpus > seen and not self.config.cluster.address:  # a joined cluster may autoscale
+            raise ValueError(
+                f"cluster.gpus_per_worker: {len(bundles)} workers need {gpus:g} GPU(s) but this "
+                f"machine's Ray sees {seen:g}; "
+                "use gpus_per_worker = 0 here, or --address to join a cluster with GPUs"
+            )
         self.group = placement_group(bundles, strategy=self.config.cluster.placement)
         ready, _ = ray.wait([self.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:

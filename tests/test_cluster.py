@@ -161,6 +161,13 @@ def test_cluster_bench_times_workers_side_by_side(tmp_path, local_ray):
     assert len(two["placement"]) == 2
 
 
+def test_asking_for_missing_gpus_fails_at_once(root, local_ray):
+    cfg = config(root, "gpus", 2)
+    cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, gpus_per_worker=1))
+    with pytest.raises(ValueError, match="gpus_per_worker: 2 workers need 2 GPU"):
+        fit_campaign(cfg, progress=False, stepper=RayStepper)
+
+
 def test_killed_worker_rolls_back_and_equals_uninterrupted(root, reference, local_ray):
     cfg = config(root, "killed", 2)
     killed = []
