@@ -102,6 +102,11 @@ class RayStepper:
         cluster = config.cluster
         if cluster.workers < 1:
             raise ValueError(f"cluster.workers: expected >= 1 for a Ray fit, got {cluster.workers}")
+        if config.quasi_newton.steps:
+            raise ValueError(
+                "quasi_newton.steps: the L-BFGS stage runs in one process only; "
+                "set cluster.workers = 0 or quasi_newton.steps = 0"
+            )
         self.config = dataclasses.replace(
             config, cluster=dataclasses.replace(cluster, compile_cache=compile_cache(cluster))
         )
@@ -236,6 +241,9 @@ class RayStepper:
         self._gather([w.set_shared.remote(self.shared) for w in self.workers], "residuals")
         maps = self._gather([w.residual_maps.remote() for w in self.workers], "residuals")
         return {name: m[name] for m in maps for name in m}
+
+    def refine(self, names, steps: int, memory: int) -> list[float]:
+        raise ValueError("quasi_newton: the L-BFGS stage runs in one process only")
 
     def close(self) -> None:
         for w in self.workers:

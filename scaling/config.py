@@ -378,6 +378,22 @@ class TrackingConfig:
     run_name: str = ""
 
 
+@dataclass(frozen=True)
+class QuasiNewtonConfig:
+    """Optional second stage (`scaling.quasi_newton`): `steps` L-BFGS iterations (0: none)
+    on `parameters` after the first-order steps, keeping `memory` past gradients."""
+
+    steps: int = 0
+    parameters: tuple[str, ...] = ("aberrations", "log_flux")
+    memory: int = 10
+
+    def __post_init__(self):
+        _positive_ints(self, "steps", minimum=0)
+        _positive_ints(self, "memory")
+        for name in self.parameters:
+            _require(name in ROLES, "parameters", f"names from {sorted(ROLES)}", name)
+
+
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
 
 
@@ -419,7 +435,8 @@ class FitConfig:
     jitter, read_noise: starting detector values (pixels, e-); diagonal: use only the
     diagonal of the slope covariance; regularisers: name → weight per epoch image;
     optimisers: parameter name → how it is fitted (names not listed stay fixed);
-    instrument: model sizes; cluster: where it runs (`ClusterConfig`).
+    instrument: model sizes; cluster: where it runs (`ClusterConfig`); quasi_newton:
+    the optional L-BFGS stage (`QuasiNewtonConfig`).
     """
 
     KIND: ClassVar[str] = "fit"
@@ -438,6 +455,7 @@ class FitConfig:
     instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    quasi_newton: QuasiNewtonConfig = field(default_factory=QuasiNewtonConfig)
 
     def __post_init__(self):
         _positive_ints(self, "steps", "checkpoint_every")

@@ -29,6 +29,7 @@ from scaling.fit_plots import residual_maps, write_fit_pictures
 from scaling.objective import chi_squared_sums
 from scaling.optimisers import OptimiserSpec
 from scaling.partition import Observation, make_batches
+from scaling.quasi_newton import lbfgs_refine
 from scaling.results import EpochImage, Results
 from scaling.store import Campaign
 from scaling.tracking import fit_run, tracking_uri
@@ -100,9 +101,19 @@ def initial_params(
 
 
 def freeze_science_positions(observations: list[Observation]):
-    """Gradient hook zeroing the positions of resolved exposures (their image carries
-    the position, as in the seed notebook); calibrator positions stay free."""
-    free = jnp.asarray([[0.0] if o.epoch is not None else [1.0] for o in observations])
+    """Gradient hook freezing the position of the first exposure of each epoch.
+
+    That exposure's pointing is carried by the epoch image (as in the seed notebook,
+    where an image belongs to one exposure); the other exposures of the epoch fit their
+    pointing relative to it, which one image cannot carry for all of them. Calibrator
+    positions stay free. `observations` must hold whole epochs (as a shard does).
+    """
+    firsts = {}
+    for i, o in enumerate(observations):
+        if o.epoch is not None:
+            firsts.setdefault(o.epoch, i)
+    frozen = set(firsts.values())
+    free = jnp.asarray([[0.0] if i in frozen else [1.0] for i in range(len(observations))])
 
     def hook(grads, params):
         if "exposure" not in grads or "position" not in grads["exposure"]:
@@ -171,6 +182,9 @@ class Stepper(Protocol):
     def residual_maps(self) -> dict[str, np.ndarray]:
         """Exposure name → (p, p) mean whitened residual (NaN on bad pixels)."""
 
+    def refine(self, names, steps: int, memory: int) -> list[float]:
+        """The quasi-Newton stage on parameters `names`; the loss before each iteration."""
+
     def close(self) -> None:
         """Release what the stepper holds (processes, devices)."""
 
@@ -219,6 +233,20 @@ class InProcess:
 
     def residual_maps(self) -> dict[str, np.ndarray]:
         return residual_maps(self.model, self._params, self.observations, self.epochs)
+
+    def refine(self, names, steps: int, memory: int) -> list[float]:
+        settings = self.fitter.settings
+        self._params, totals = lbfgs_refine(
+            self.model,
+            self._params,
+            self.batches,
+            names,
+            steps,
+            settings.reg_weights,
+            settings.diagonal,
+            memory,
+        )
+        return totals
 
     def close(self) -> None:
         pass
@@ -277,6 +305,12 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
         tags=tags,
     ) as (active, metrics):
         history = _steps(config, stepper, results, metrics, start, progress, callback)
+        qn = config.quasi_newton
+        if qn.steps:
+            totals = stepper.refine(qn.parameters, qn.steps, qn.memory)
+            history["lbfgs_total"] = np.asarray(totals)
+            for i, total in enumerate(totals):
+                metrics.add(config.steps + i + 1, {"lbfgs_total": total})
         result = FitResult(stepper.params(), None, history, config.steps)
         chi2_sum, count = stepper.chi_squared()
         chi2 = chi2_sum / count

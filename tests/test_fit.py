@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from scaling.cli import main
-from scaling.config import load_config
+from scaling.config import QuasiNewtonConfig, load_config
 from scaling.fit import fit_campaign
 from scaling.ingest import ingest
 from scaling.results import Results
@@ -92,3 +92,14 @@ def test_resume_equals_uninterrupted(campaign, full):
 def test_cli_rejects_a_simulation_config(capsys):
     assert main(["fit", "configs/io_test.toml"]) == 2
     assert "kind: expected 'fit'" in capsys.readouterr().err
+
+
+def test_quasi_newton_stage_follows_the_first_order_steps(campaign):
+    root, sim = campaign
+    base = _config(root, sim, "lbfgs", 2)
+    stage = QuasiNewtonConfig(steps=3, parameters=("log_flux",))
+    outcome = fit_campaign(dataclasses.replace(base, quasi_newton=stage), progress=False)
+    totals = outcome.history["lbfgs_total"]
+    assert len(totals) == 3 and totals[-1] <= totals[0]
+    steps = MlflowClient(base.tracking.uri).get_metric_history(outcome.run_id, "lbfgs_total")
+    assert [m.step for m in steps] == [3, 4, 5]
