@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling.config import load_config
 from scaling.fitsio import ExposureRecord, write_exposure
+from scaling.ingest import ingest
+from scaling.simulate import simulate
 
 NPIX = 8
 T0 = 60000.0
@@ -86,3 +89,11 @@ def records_equal(a: ExposureRecord, b: ExposureRecord) -> bool:
         elif type(x) is not type(y) or x != y:
             return False
     return True
+
+
+def simulated_campaign(config: str, root: Path) -> Path:
+    """Simulate the campaign `config` into root/sim, ingest it into root/campaign.zarr;
+    returns the simulation folder (which holds the truth)."""
+    files = simulate(load_config(config), root / "sim", progress=False)
+    ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
+    return root / "sim"

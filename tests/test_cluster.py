@@ -22,10 +22,10 @@ from cluster.bench import main as bench_main
 from cluster.coordinator import RayStepper, connect
 from scaling.config import ClusterConfig, load_config
 from scaling.fit import fit_campaign
-from scaling.ingest import ingest
 from scaling.results import Results
-from scaling.simulate import simulate
 from scaling.store import Campaign
+
+from .campaign_files import simulated_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +83,7 @@ compile_cache = "{root}/jax-cache"
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
-    files = simulate(load_config("configs/io_test.toml"), root / "sim", progress=False)
-    ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
+    simulated_campaign("configs/io_test.toml", root)
     return root
 
 

@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 from scaling.cli import main
 from scaling.config import QuasiNewtonConfig, load_config
 from scaling.fit import fit_campaign
-from scaling.ingest import ingest
 from scaling.results import Results
-from scaling.simulate import simulate
+
+from .campaign_files import simulated_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
-    sim = root / "sim"
-    files = simulate(load_config("configs/io_test.toml"), sim, progress=False)
-    ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
+    sim = simulated_campaign("configs/io_test.toml", root)
     return root, sim
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from scaling.config import load_config
 from scaling.fit import fit_campaign
-from scaling.ingest import ingest
-from scaling.simulate import simulate
+
+from .campaign_files import simulated_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory):
     root = tmp_path_factory.mktemp("recovery")
-    sim = root / "sim"
-    files = simulate(load_config("configs/io_recovery.toml"), sim, progress=False)
-    ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
+    sim = simulated_campaign("configs/io_recovery.toml", root)
     base = load_config("configs/io_recovery_fit.toml")
     config = dataclasses.replace(
         base,
