@@ -296,7 +296,12 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
     else:
         results = Results.create(config.results, overwrite=True)
         start, run_id = 0, None
-    tags = {"results": config.results, "campaign": config.campaign}
+    tags = {
+        "results": config.results,
+        "campaign": config.campaign,
+        "campaign.digest": campaign.digest,
+        "campaign.exposures": str(len(campaign.names)),
+    }
     with fit_run(
         config_to_dict(config),
         config.tracking.run_name or None,

@@ -17,6 +17,7 @@ reading exposures reads one chunk per array and nothing else.
 """
 
 import dataclasses
+import hashlib
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -153,6 +154,15 @@ class Campaign:
             if e.epoch is not None:
                 epochs[e.epoch] = (*epochs.get(e.epoch, ()), e.name)
         return dict(sorted(epochs.items()))
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over the exposures' names and source-file digests, in campaign order:
+        the identity of the data a fit saw."""
+        h = hashlib.sha256()
+        for e in self.exposures:
+            h.update(f"{e.name} {e.sha256}\n".encode())
+        return h.hexdigest()
 
     @property
     def epoch_rule(self) -> dict[str, Any]:

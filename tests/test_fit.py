@@ -11,6 +11,7 @@ from scaling.cli import main
 from scaling.config import QuasiNewtonConfig, load_config
 from scaling.fit import fit_campaign
 from scaling.results import Results
+from scaling.store import Campaign
 
 from .campaign_files import simulated_campaign
 
@@ -60,6 +61,8 @@ def test_fit_writes_results_and_mlflow_run(full):
     assert run.data.params["steps"] == "4"
     assert run.data.params["optimisers.log_image.kind"] == "adam"
     assert run.data.tags["results"] == config.results
+    assert run.data.tags["campaign.digest"] == Campaign.open(config.campaign).digest
+    assert run.data.tags["campaign.exposures"] == "5"
     assert "version.jax" in run.data.tags
     totals = client.get_metric_history(outcome.run_id, "total")
     assert [m.step for m in totals] == [1, 2, 3, 4]
