@@ -13,6 +13,7 @@ the same shard; the fit then rolls every worker back to the last checkpoint.
 import dataclasses
 import math
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -62,13 +63,16 @@ def connect(cluster: ClusterConfig) -> bool:
         return True
     _loopback_only()
     need = math.ceil(cluster.workers * cluster.cpus_per_worker)
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, need),
-        include_dashboard=False,
-        dashboard_host=LOCAL_HOST,
-        _node_ip_address=LOCAL_HOST,
-        log_to_driver=False,
-    )
+    with warnings.catch_warnings():
+        # Ray starts its processes with subprocess (fork, then exec at once): safe.
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, need),
+            include_dashboard=False,
+            dashboard_host=LOCAL_HOST,
+            _node_ip_address=LOCAL_HOST,
+            log_to_driver=False,
+        )
     return True
 
 

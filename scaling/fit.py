@@ -332,8 +332,9 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
 
 
 def _steps(config, stepper, results, metrics, start, progress, callback) -> dict[str, np.ndarray]:
-    """Steps `start` → `config.steps` with checkpoints; a lost worker rolls back to the
-    last checkpoint (or step 0), at most `config.cluster.max_restarts` times."""
+    """Steps `start` → `config.steps` with checkpoints; a worker lost in a step or a
+    checkpoint rolls back to the last checkpoint (or step 0), at most
+    `config.cluster.max_restarts` times."""
     history: dict[str, list[float]] = {}
     restarts, step = 0, start
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="fit")
@@ -341,6 +342,8 @@ def _steps(config, stepper, results, metrics, start, progress, callback) -> dict
     while step < config.steps:
         try:
             terms = stepper.step()
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                results.write_checkpoint(step + 1, stepper.checkpoint(), keep=2)
         except WorkerLost as lost:
             restarts += 1
             if restarts > config.cluster.max_restarts:
@@ -365,8 +368,6 @@ def _steps(config, stepper, results, metrics, start, progress, callback) -> dict
         metrics.add(step, terms)
         bar.update(1)
         bar.set_postfix(loss=f"{terms['total']:.6g}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            results.write_checkpoint(step, stepper.checkpoint(), keep=2)
         if callback is not None:
             callback(step, stepper)
     bar.close()
