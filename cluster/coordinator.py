@@ -237,13 +237,13 @@ class RayStepper:
         return {"shared": self.shared, "epoch": epoch, "exposure": exposure}
 
     def chi_squared(self) -> tuple[float, float]:
-        self._gather([w.set_shared.remote(self.shared) for w in self.workers], "chi2")
-        sums = self._gather([w.chi_squared.remote() for w in self.workers], "chi2")
+        shared = ray.put(self.shared)
+        sums = self._gather([w.chi_squared.remote(shared) for w in self.workers], "chi2")
         return sum(c for c, _ in sums), sum(n for _, n in sums)
 
     def residual_maps(self) -> dict[str, np.ndarray]:
-        self._gather([w.set_shared.remote(self.shared) for w in self.workers], "residuals")
-        maps = self._gather([w.residual_maps.remote() for w in self.workers], "residuals")
+        shared = ray.put(self.shared)
+        maps = self._gather([w.residual_maps.remote(shared) for w in self.workers], "residuals")
         return {name: m[name] for m in maps for name in m}
 
     def refine(self, names, steps: int, memory: int) -> list[float]:

@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ray
 
 from scaling.config import FitConfig
 from scaling.engine import join, make_fitter, renormalise_images, shard_batches, split
@@ -90,8 +91,6 @@ class ShardWorker:
 
     def describe(self) -> dict:
         """Where this worker runs and what it holds."""
-        import ray
-
         context = ray.get_runtime_context() if ray.is_initialized() else None
         return {
             "index": self.shard.index,
@@ -121,7 +120,7 @@ class ShardWorker:
     def reset(self) -> None:
         """Starting local parameters and fresh optimiser states."""
         self.local = renormalise_images(split(self.initial)[1])
-        self.state = self.fitter.init(join(split(self.initial)[0], self.local))[1]
+        self.state = self.fitter.local_optimiser.init(self.local)
         self.step_index = 0
 
     def local_step(self, shared: dict) -> tuple[dict, dict[str, float], float]:
@@ -131,8 +130,9 @@ class ShardWorker:
             (partial shared gradient, this shard's loss terms, seconds spent).
         """
         began = time.perf_counter()
-        params = join({"shared": jax.tree.map(jnp.asarray, shared)}, self.local)
-        local, state, grads, terms = self.fitter.local_step(params, self.state, self.batches)
+        local, state, grads, terms = self.fitter.local_step(
+            self._with(shared), self.state, self.batches
+        )
         terms = {k: float(v) for k, v in terms.items()}
         self.step_index += 1
         if not np.isfinite(terms["total"]):
@@ -163,18 +163,14 @@ class ShardWorker:
         """Local parameters (NumPy), rows in shard order."""
         return jax.device_get(self.local)
 
-    def chi_squared(self) -> tuple[float, float]:
-        """(Σ χ², Σ measurements) of this shard at the last broadcast shared parameters."""
-        chi2, count = chi_squared_sums(self.model, self._params(), self.batches)
+    def chi_squared(self, shared: dict) -> tuple[float, float]:
+        """(Σ χ², Σ measurements) of this shard at the `shared` parameters."""
+        chi2, count = chi_squared_sums(self.model, self._with(shared), self.batches)
         return float(chi2), float(count)
 
-    def residual_maps(self) -> dict[str, np.ndarray]:
+    def residual_maps(self, shared: dict) -> dict[str, np.ndarray]:
         """Exposure name → (p, p) mean whitened residual of this shard."""
-        return residual_maps(self.model, self._params(), self.observations, self.epochs)
+        return residual_maps(self.model, self._with(shared), self.observations, self.epochs)
 
-    def set_shared(self, shared: dict) -> None:
-        """Hold the final shared parameters (for `chi_squared` and `residual_maps`)."""
-        self.shared = jax.tree.map(jnp.asarray, shared)
-
-    def _params(self) -> dict:
-        return join({"shared": self.shared}, self.local)
+    def _with(self, shared: dict) -> dict:
+        return join({"shared": jax.tree.map(jnp.asarray, shared)}, self.local)
