@@ -1,6 +1,7 @@
 """Ray fits equal the single-process engine: 1-3 workers, several nodes, lost workers,
 a killed driver, a failing worker, and a driver that never reads exposure arrays."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -8,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -215,28 +215,41 @@ def _scaling(*args) -> list[str]:
     ]
 
 
+DRIVER_KILLED_AT_12 = """
+import os, signal, sys
+from cluster.coordinator import RayStepper
+from scaling.config import load_config
+from scaling.fit import fit_campaign
+
+def die(step, stepper):
+    if step == 12:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+fit_campaign(load_config(sys.argv[1]), progress=False, stepper=RayStepper, callback=die)
+"""
+
+
 def test_killed_driver_resumes_to_the_same_result(root, reference):
+    """The driver SIGKILLs itself after step 12 (the last checkpoint is step 10); then
+    `scaling fit --resume` finishes the fit."""
     path = write_config(root, "driver")
     results = root / "driver.zarr"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    path.write_text(path.read_text().replace("[cluster]", "[cluster]\nworkers = 2"))
+    assert load_config(path).cluster.workers == 2
     first = subprocess.Popen(
-        _scaling("fit", str(path), "--workers", "2", "--quiet"),
+        [sys.executable, "-c", DRIVER_KILLED_AT_12, str(path)],
         start_new_session=True,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and first.poll() is None:
-        if results.exists() and any(s >= 10 for s in _steps(results)):
-            break
-        time.sleep(0.5)
-    assert first.poll() is None, "the first run ended before it could be killed"
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert max(_steps(results)) < STEPS
+    assert first.wait(timeout=600) == -signal.SIGKILL
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(first.pid, signal.SIGKILL)  # the Ray processes it started
+    assert _steps(results) == [5, 10]
     done = subprocess.run(
-        _scaling("fit", str(path), "--workers", "2", "--resume", "--quiet"),
+        _scaling("fit", str(path), "--resume", "--quiet"),
         env=env,
         capture_output=True,
         text=True,
