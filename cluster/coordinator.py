@@ -126,8 +126,8 @@ class RayStepper:
             self.where = ray.get([w.describe.remote() for w in self.workers])
             partial = ray.get([w.fisher_shared.remote() for w in self.workers])
             settings = settings_from(config, [])
-            names = [n for n, s in settings.optimisers.items() if s.precondition]
-            self.shared_scale = unit_outside({"shared": _sum(partial)}, names)["shared"]
+            summed = {"shared": _sum(partial)}
+            self.shared_scale = unit_outside(summed, settings.preconditioned)["shared"]
             ray.get([w.start.remote(self.shared_scale) for w in self.workers])
             empty = {"epoch": {}, "exposure": {}}
             self.initial = jax.device_get(initial_shared(config, model))

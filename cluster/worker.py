@@ -17,18 +17,23 @@ import numpy as np
 import ray
 
 from scaling.config import FitConfig
-from scaling.engine import join, make_fitter, renormalise_images, shard_batches, split
+from scaling.engine import (
+    initial_scale,
+    join,
+    make_fitter,
+    renormalise_images,
+    shard_batches,
+    split,
+)
 from scaling.fit import (
     build_model,
-    initial_local,
-    initial_shared,
+    initial_params,
     load_observations,
     settings_from,
 )
 from scaling.fit_plots import residual_maps
 from scaling.objective import chi_squared_sums
 from scaling.partition import make_batches
-from scaling.precondition import fisher_diagonal
 from scaling.results import Results
 from scaling.store import Campaign, Shard
 
@@ -77,16 +82,8 @@ class ShardWorker:
         self.settings = settings_from(config, self.observations)
         batches = make_batches(self.observations, list(shard.exposures), self.epochs)
         self.batches = shard_batches(batches) if len(jax.local_devices()) > 1 else batches
-        self.initial = join(
-            {"shared": initial_shared(config, self.model)},
-            initial_local(config, self.observations, len(self.epochs)),
-        )
-        names = [n for n, s in self.settings.optimisers.items() if s.precondition]
-        self.fisher = (
-            fisher_diagonal(self.model, self.initial, self.batches, names)
-            if names
-            else jax.tree.map(jnp.ones_like, self.initial)
-        )
+        self.initial = initial_params(config, self.model, self.observations, self.epochs)
+        self.fisher = initial_scale(self.model, self.initial, self.batches, self.settings)
         self.fitter = None
 
     def describe(self) -> dict:

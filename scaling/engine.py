@@ -75,6 +75,11 @@ class FitSettings:
     grad_hook: Callable | None = None
     param_hook: Callable | None = None
 
+    @property
+    def preconditioned(self) -> list[str]:
+        """Names of the parameters scaled by their inverse Fisher diagonal."""
+        return [n for n, s in self.optimisers.items() if s.precondition]
+
 
 class Fitter(eqx.Module):
     """The two compiled halves of a step, with the preconditioning scale fixed at the start.
@@ -157,6 +162,17 @@ def summarise(terms: dict, shared_sumsq) -> dict[str, float]:
     return out
 
 
+def initial_scale(
+    model: ExposureModel, params: dict, batches: list[Batch], settings: FitSettings
+) -> dict:
+    """Gradient divisor at `params`: the Fisher diagonal of the preconditioned
+    parameters (`FitSettings.preconditioned`), 1 elsewhere."""
+    names = settings.preconditioned
+    if not names:
+        return jax.tree.map(jnp.ones_like, params)
+    return fisher_diagonal(model, params, batches, names)
+
+
 def make_fitter(
     model: ExposureModel,
     params: dict,
@@ -165,13 +181,8 @@ def make_fitter(
     scale: dict | None = None,
 ) -> Fitter:
     """Build the optimisers and the Fisher scaling (computed at `params` unless given)."""
-    names = [n for n, s in settings.optimisers.items() if s.precondition]
     if scale is None:
-        scale = (
-            fisher_diagonal(model, params, batches, names)
-            if names
-            else jax.tree.map(jnp.ones_like, params)
-        )
+        scale = initial_scale(model, params, batches, settings)
     shared, local = split(params)
     return Fitter(
         model,
