@@ -18,9 +18,9 @@ def ami_model(
     filters: tuple[str, ...] = tuple(FILTERS),
     pixel_scale: float = PIXEL_SCALE,
 ) -> ExposureModel:
-    """JWST NIRISS AMI: 7-hole mask, per-hole hexikes + defocus, SUB80 at 65.6 mas.
+    """JWST NIRISS AMI: 7-hole mask, per-hole hexikes, SUB80 at 65.6 mas.
 
-    The aberration vector has 7 * n_hole_zernikes + 1 entries (see `model.pupil.ami_pupil`).
+    The aberration vector has 7 * n_hole_zernikes entries (see `model.pupil.ami_pupil`).
     """
     optics = Optics(
         ami_pupil(pupil_npix, n_hole_zernikes), npix * oversample, pixel_scale / oversample

@@ -2,6 +2,13 @@
 
 Built once with dLux's geometry and Zernike utilities (plain arrays), then held fixed by
 the optics: evaluating a precomputed basis is much faster than rebuilding apertures.
+
+Every basis is held without its global piston and tip/tilt: a constant OPD over the
+whole pupil changes only the phase of the field, and an OPD linear across it is a shift
+of every source on the detector, which the source positions carry. Coefficient
+combinations that would make only those three modes do nothing (`Pupil.observable`
+projects them out), so a fit cannot wander along them and its coefficients can be
+compared with the truth directly.
 """
 
 import dLux.utils as dlu
@@ -13,6 +20,8 @@ from jaxtyping import Array, Float
 from model.constants import HOLE_CENTRES, HOLE_FLAT_TO_FLAT, PRIMARY_DIAMETER
 
 NM = 1e-9
+NULL_TOLERANCE = 1e-9
+"""Eigenvalues of the basis Gram matrix below this fraction of the largest are null."""
 
 
 class Pupil(eqx.Module):
@@ -20,12 +29,16 @@ class Pupil(eqx.Module):
 
     Attributes:
         transmission: (n, n) intensity transmission in [0, 1].
-        basis: (nterms, n, n) optical path difference per unit coefficient, metres per nm.
+        basis: (nterms, n, n) optical path difference per unit coefficient, metres per nm,
+            with its transmission-weighted global piston and tip/tilt removed.
+        observable: (nterms, nterms) orthogonal projector onto the coefficients that
+            change the OPD (identity less the null directions of `basis`).
         pixel_scale: pupil sample spacing, metres.
     """
 
     transmission: Float[Array, "n n"]
     basis: Float[Array, "nterms n n"]
+    observable: Float[Array, "nterms nterms"]
     pixel_scale: float = eqx.field(static=True)
 
     @property
@@ -35,6 +48,36 @@ class Pupil(eqx.Module):
     def opd(self, coefficients: Float[Array, " nterms"]) -> Float[Array, "n n"]:
         """Optical path difference (metres) for coefficients in nm."""
         return jnp.tensordot(coefficients, self.basis, axes=1)
+
+    def canonical(self, coefficients: Float[Array, " nterms"]) -> Float[Array, " nterms"]:
+        """The shortest coefficient vector with the same OPD, nm."""
+        return self.observable @ coefficients
+
+
+def make_pupil(transmission, basis, pixel_scale: float) -> Pupil:
+    """A `Pupil` from a raw (nterms, n, n) basis in metres per nm: removes the global
+    piston and tip/tilt of every term (weighted by transmission) and finds the null
+    coefficient directions."""
+    weight = np.asarray(transmission, dtype=np.float64)
+    raw = np.asarray(basis, dtype=np.float64)
+    n = weight.shape[-1]
+    x = (np.arange(n) - (n - 1) / 2) * pixel_scale
+    xx, yy = np.meshgrid(x, x)
+    modes = np.stack([np.ones_like(xx), xx, yy]).reshape(3, -1)
+    flat = raw.reshape(raw.shape[0], -1)
+    gram_modes = (modes * weight.ravel()) @ modes.T
+    fit = np.linalg.solve(gram_modes, (modes * weight.ravel()) @ flat.T)
+    cleaned = (flat - fit.T @ modes) * (weight.ravel() > 0)
+    gram = (cleaned * weight.ravel()) @ cleaned.T
+    values, vectors = np.linalg.eigh(gram)
+    null = vectors[:, values < NULL_TOLERANCE * values.max()]
+    observable = np.eye(len(flat)) - null @ null.T
+    return Pupil(
+        jnp.asarray(weight),
+        jnp.asarray(cleaned.reshape(raw.shape)),
+        jnp.asarray(observable),
+        pixel_scale,
+    )
 
 
 def _coords(npix: int, diameter: float) -> Float[Array, "2 n n"]:
@@ -47,6 +90,18 @@ def hexagon(coords: Float[Array, "2 n n"], centre, flat_to_flat: float, soft: fl
     return dlu.soft_reg_polygon(local, flat_to_flat / np.sqrt(3.0), 6, clip_dist=soft)
 
 
+def orthonormalise(terms: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Gram–Schmidt of (k, n, n) maps in order, each of unit weighted RMS over `weight`."""
+    total = np.sum(weight)
+    out: list[np.ndarray] = []
+    for term in terms:
+        for _ in range(2):
+            for done in out:
+                term = term - np.sum(weight * done * term) / total * done
+        out.append(term / np.sqrt(np.sum(weight * term**2) / total))
+    return np.stack(out)
+
+
 def ami_pupil(
     npix: int = 256,
     n_hole_zernikes: int = 3,
@@ -56,12 +111,17 @@ def ami_pupil(
 ) -> Pupil:
     """The NIRISS non-redundant mask on the primary.
 
-    Basis terms, in order: `n_hole_zernikes` hexike (Noll 1, 2, 3, …) terms for each of
-    the 7 holes (hole-major), then a defocus (Noll 4) over the whole primary.
+    Basis terms, hole-major: for each of the 7 holes, the Zernike polynomials Noll 1 to
+    `n_hole_zernikes` (piston, tip, tilt, …) made orthonormal over that hole's
+    transmission (hexikes: a coefficient of 1 nm is 1 nm RMS over the hole; the piston
+    is flat). The polynomials are evaluated over twice the circumscribed circle, so that
+    no anti-aliased edge pixel is cut off. A defocus of the whole primary is
+    not a separate term: over the holes it is a piston and tilt per hole plus a
+    curvature common to all holes, which the fringes see only at second order.
 
     Args:
         npix: pupil samples across `diameter`.
-        n_hole_zernikes: Zernike terms per hole (1 = piston only).
+        n_hole_zernikes: terms per hole (1 = piston only, 3 = piston and tip/tilt).
         diameter: side of the sampled square, metres.
         hole_centres: (7, 2) hole centres, metres.
         flat_to_flat: hole width, metres.
@@ -70,20 +130,19 @@ def ami_pupil(
         raise ValueError(f"n_hole_zernikes must be >= 1, got {n_hole_zernikes}")
     coords = _coords(npix, diameter)
     pixel_scale = diameter / npix
-    primary = dlu.soft_circle(coords, diameter / 2, clip_dist=pixel_scale / 2)
+    primary = np.asarray(dlu.soft_circle(coords, diameter / 2, clip_dist=pixel_scale / 2))
     js = list(range(1, n_hole_zernikes + 1))
     circumscribed = 2 * flat_to_flat / np.sqrt(3.0)
     holes, hole_basis = [], []
     for centre in np.asarray(hole_centres):
-        hole = hexagon(coords, centre, flat_to_flat, pixel_scale / 2)
+        hole = np.asarray(hexagon(coords, centre, flat_to_flat, pixel_scale / 2))
         local = dlu.translate_coords(coords, jnp.asarray(centre))
-        zern = dlu.polike_basis(6, js, local, circumscribed)
+        zernikes = np.asarray(dlu.zernike_basis(js, local, 2 * circumscribed))
+        terms = zernikes * (hole > 0)
         holes.append(hole)
-        hole_basis.append(zern * (hole > 0))
-    mask = jnp.clip(sum(holes), 0.0, 1.0) * primary
-    defocus = dlu.zernike(4, coords, diameter) * (mask > 0)
-    basis = jnp.concatenate([jnp.concatenate(hole_basis), defocus[None]]) * NM
-    return Pupil(mask, basis, pixel_scale)
+        hole_basis.append(orthonormalise(terms, hole))
+    mask = np.clip(sum(holes), 0.0, 1.0) * primary
+    return make_pupil(mask, np.concatenate(hole_basis) * NM, pixel_scale)
 
 
 def circular_pupil(
@@ -96,4 +155,4 @@ def circular_pupil(
     pixel_scale = diameter / npix
     mask = dlu.soft_circle(coords, diameter / 2, clip_dist=pixel_scale / 2)
     basis = dlu.zernike_basis(list(zernike_js), coords, diameter) * (mask > 0) * NM
-    return Pupil(mask, basis, pixel_scale)
+    return make_pupil(mask, basis, pixel_scale)

@@ -186,7 +186,8 @@ class CalibratorsConfig:
 class TruthConfig:
     """True optics and detector of the simulation.
 
-    aberration_rms: rms of every aberration coefficient, nm (drawn per filter);
+    aberration_rms: rms of every aberration coefficient, nm, as drawn per filter
+        (the truth is then `Pupil.canonical` of the draw: no global piston or tip/tilt);
     flat_scatter: rms pixel-response scatter; ipc_coupling: fraction of charge seen by
     each of the 4 nearest neighbours; bfe: (x, y) brighter-fatter fraction per 1e4 e-;
     nonlinearity: coefficients per 1e4 e- (see `model.ramp.nonlinearity`; the default

@@ -6,7 +6,9 @@ A step has two halves that the single process and the Ray cluster share:
   of its local parameters (epoch images, per-exposure parameters), and its partial
   gradient of the shared parameters, returned unapplied;
 * `Fitter.shared_step` (the coordinator's half): the summed shared gradient is scaled,
-  hooked and applied to the shared parameters.
+  hooked and applied to the shared parameters; the aberration updates are first projected
+  off the coefficient directions that change no OPD (`canonical_aberrations`), so that a
+  fit never drifts along them.
 
 The single process runs both on all exposures; a cluster runs `local_step` on every
 worker and sums their shared gradients in a fixed order before `shared_step`.
@@ -49,6 +51,16 @@ def renormalise_images(local: dict) -> dict:
     log_image = local["epoch"]["log_image"]
     lse = jax.scipy.special.logsumexp(log_image, axis=(-2, -1), keepdims=True)
     return {**local, "epoch": {**local["epoch"], "log_image": log_image - lse}}
+
+
+def canonical_aberrations(shared: dict, model: ExposureModel) -> dict:
+    """A {"shared": …} tree with each filter's aberrations projected by
+    `model.pupil.Pupil.canonical` (off the coefficient directions that change no OPD)."""
+    if "aberrations" not in shared["shared"]:
+        return shared
+    pupil = model.optics.pupil
+    aberrations = {f: pupil.canonical(a) for f, a in shared["shared"]["aberrations"].items()}
+    return {"shared": {**shared["shared"], "aberrations": aberrations}}
 
 
 def _sum_squares(tree) -> jax.Array:
@@ -107,8 +119,10 @@ class Fitter(eqx.Module):
             grads = self.settings.grad_hook(grads, params)
         return grads
 
-    def _updated(self, optimiser, grads, state, params):
+    def _updated(self, optimiser, grads, state, params, project=None):
         updates, state = optimiser.update(grads, state, params)
+        if project is not None:
+            updates = project(updates)
         params = optax.apply_updates(params, updates)
         if self.settings.param_hook is not None:
             params = self.settings.param_hook(params)
@@ -142,7 +156,13 @@ class Fitter(eqx.Module):
     def shared_step(self, shared: dict, shared_state, shared_grads: dict):
         """The coordinator's half: apply the summed shared gradient → (shared, state, sumsq)."""
         grads = self._hooked(shared_grads, shared, split(self.scale)[0])
-        shared, shared_state = self._updated(self.shared_optimiser, grads, shared_state, shared)
+        shared, shared_state = self._updated(
+            self.shared_optimiser,
+            grads,
+            shared_state,
+            shared,
+            lambda updates: canonical_aberrations(updates, self.model),
+        )
         return shared, shared_state, _sum_squares(grads)
 
     def step(self, params: dict, state: tuple, batches: list[Batch]):

@@ -347,8 +347,9 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]
     model = ami_model(
         ins.npix, ins.oversample, ins.pupil_npix, ins.nwavels, ins.n_hole_zernikes, cfg.filters
     )
-    nterms = model.optics.pupil.basis.shape[0]
-    aberrations = t.aberration_rms * rng.standard_normal((len(cfg.filters), nterms))
+    pupil = model.optics.pupil
+    drawn = t.aberration_rms * rng.standard_normal((len(cfg.filters), pupil.basis.shape[0]))
+    aberrations = np.stack([np.asarray(pupil.canonical(a)) for a in drawn])
     detector = _truth_detector(cfg, rng, ins.npix)
     bad = bad_pixel_mask(np.random.default_rng(bad_seed), ins.npix, t.bad_pixel_fraction)
 
@@ -439,7 +440,9 @@ def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> l
         ins.npix, ins.oversample, ins.pupil_npix, ins.nwavels, ins.diameter, zernikes,
         (cfg.filter,), ins.pixel_scale,
     )  # fmt: skip
-    aberrations = cfg.aberration_rms * rng.standard_normal(ins.n_zernikes)
+    aberrations = np.asarray(
+        model.optics.pupil.canonical(cfg.aberration_rms * rng.standard_normal(ins.n_zernikes))
+    )
     flat = 1.0 + cfg.pixel_response_scatter * rng.standard_normal((ins.npix, ins.npix))
     positions = rng.uniform(-stars.size / 2, stars.size / 2, (stars.n_stars, 2))
     log_fluxes = rng.uniform(stars.log_flux_min, stars.log_flux_max, stars.n_stars)

@@ -10,23 +10,11 @@ Metrics (E an epoch name, F a filter):
   detector pixels, between the recovered and the true displacement of each of the 3
   brightest volcanoes visible in both (each position taken as the nearest recovered peak).
 * `aberration_rms_error_fraction.F`: RMS of (fitted − true) aberration coefficients over
-  their true RMS, all coefficients as they are (raw; see below).
-* `wavefront_rms_error_fraction.F` and `wavefront_rms_error_nm.F`: RMS over the mask
-  (transmission-weighted) of the optical path difference error, fitted − true, after
-  removing its best-fitting piston and tip/tilt, over the RMS of the true OPD with its
-  own piston and tip/tilt removed (and the error itself, nm).
-
-Why piston and tip/tilt are removed from the wavefront metric: a constant OPD over the
-whole mask changes only the global phase of the field, so no intensity measurement can see
-it; an OPD linear across the mask is a wavelength-independent tilt, i.e. a shift of every
-source on the detector, exactly degenerate with the fitted source positions (calibrator
-positions are free, and each science image carries its epoch's pointing). These three
-wavefront modes are unobservable, whatever the data. Nothing else is removed: relative
-hole pistons and tilts (fringe phases) are measured by the point-source calibrators.
-The coefficient metric is kept for reference, but it is not a wavefront measure: the
-per-hole hexike "piston" is not constant over a hole (it varies by ~4%), and the global
-defocus restricted to the holes is nearly a combination of per-hole pistons and tilts, so
-large, nearly invisible coefficient combinations dominate it.
+  their true RMS, both made `Pupil.canonical` (the global piston and tip/tilt, which no
+  data can see, projected out; see `model.pupil`). The per-hole terms are orthonormal
+  over equal holes, so this is also the RMS wavefront error over the true RMS wavefront.
+* `wavefront_rms_error_nm.F`: RMS over the mask (transmission-weighted) of the optical
+  path difference error, fitted − true, nm.
 """
 
 import jax
@@ -41,31 +29,20 @@ BRIGHTEST = 3
 """How many of the brightest visible volcanoes each volcano metric uses."""
 
 
-def wavefront_error(pupil, fitted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    """(RMS OPD error / RMS true OPD, RMS OPD error in nm) over the mask, both with their
-    transmission-weighted least-squares piston and tip/tilt removed (module docstring).
+def aberration_errors(pupil, fitted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """(RMS coefficient error / RMS true coefficient, RMS OPD error in nm), both on the
+    canonical coefficients (module docstring).
 
     Args:
-        pupil: `model.pupil.Pupil` (basis in metres per nm, transmission, pixel scale).
+        pupil: `model.pupil.Pupil` (basis in metres per nm, transmission, projector).
         fitted, true: (nterms,) aberration coefficients, nm.
     """
+    error = np.asarray(pupil.canonical(np.asarray(fitted) - np.asarray(true)))
+    truth = np.asarray(pupil.canonical(np.asarray(true)))
     weight = np.asarray(pupil.transmission)
-    inside = weight > 0
-    n = weight.shape[-1]
-    x = (np.arange(n) - (n - 1) / 2) * pupil.pixel_scale
-    xx, yy = np.meshgrid(x, x)
-    design = np.stack([np.ones(inside.sum()), xx[inside], yy[inside]], axis=1)
-    w = weight[inside]
-    basis = np.asarray(pupil.basis)[:, inside] / NM  # nm of OPD per nm of coefficient
-
-    def residual_rms(coefficients: np.ndarray) -> float:
-        opd = np.asarray(coefficients) @ basis
-        solution = np.linalg.lstsq(design * np.sqrt(w)[:, None], opd * np.sqrt(w), rcond=None)
-        residual = opd - design @ solution[0]
-        return float(np.sqrt(np.sum(w * residual**2) / np.sum(w)))
-
-    error = residual_rms(np.asarray(fitted) - np.asarray(true))
-    return error / residual_rms(true), error
+    opd = np.tensordot(error, np.asarray(pupil.basis), axes=1) / NM
+    nm = float(np.sqrt(np.sum(weight * opd**2) / np.sum(weight)))
+    return float(np.sqrt(np.sum(error**2) / np.sum(truth**2))), nm
 
 
 def _nearest_peaks(found: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -127,9 +104,7 @@ def truth_comparison(truth_folder: str, model, result, epochs) -> dict[str, floa
         fitted = np.asarray(result.params["shared"]["aberrations"][filt])
         true = arrays["aberrations"][row]
         if fitted.shape == true.shape:
-            rms = np.sqrt(np.mean((fitted - true) ** 2) / np.mean(true**2))
-            metrics[f"aberration_rms_error_fraction.{filt}"] = float(rms)
-            fraction, nm = wavefront_error(model.optics.pupil, fitted, true)
-            metrics[f"wavefront_rms_error_fraction.{filt}"] = fraction
+            fraction, nm = aberration_errors(model.optics.pupil, fitted, true)
+            metrics[f"aberration_rms_error_fraction.{filt}"] = fraction
             metrics[f"wavefront_rms_error_nm.{filt}"] = nm
     return metrics

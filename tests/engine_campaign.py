@@ -24,7 +24,8 @@ def tiny_campaign(
     det["nonlinearity"] = jnp.asarray([-0.01, 0.0])
     det["jitter"] = jnp.asarray(0.1)
     det["dark"] = jnp.asarray(1.0)
-    shared = {**det, "aberrations": {"F430M": jnp.asarray(20 * rng.standard_normal(8))}}
+    aberrations = m.optics.pupil.canonical(jnp.asarray(20 * rng.standard_normal(7)))
+    shared = {**det, "aberrations": {"F430M": aberrations}}
     epochs = [f"e{i}" for i in range(nepochs)]
     yy, xx = np.mgrid[:NIMG, :NIMG] - NIMG // 2
     images = np.stack(

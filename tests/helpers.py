@@ -27,7 +27,7 @@ FILTER = "F430M"
 def tiny_ami_model() -> ExposureModel:
     """NIRISS AMI with 16 detector pixels, 2× oversampling, a 64² pupil and 3 wavelengths.
 
-    Aberrations: 2 hexike terms per hole (piston, tilt) + defocus = 15 coefficients, nm.
+    Aberrations: 2 hexike terms per hole (piston, tip) = 14 coefficients, nm.
     """
     return ami_model(
         npix=NPIX,
@@ -72,7 +72,7 @@ def generic_ami_params(seed: int = 0) -> dict[str, jax.Array]:
         position=jnp.array([0.023, -0.017]),
         log_flux=jnp.asarray(5.2),
         spectral_slope=jnp.asarray(0.7),
-        aberrations=jnp.asarray(30.0 * rng.standard_normal(15)),
+        aberrations=jnp.asarray(30.0 * rng.standard_normal(14)),
         log_image=jnp.asarray(0.8 * rng.standard_normal((IMAGE_SIDE, IMAGE_SIDE))),
     )
     return params

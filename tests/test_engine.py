@@ -93,6 +93,21 @@ def test_fit_decreases_loss_and_respects_start_steps(fitted):
     assert set(result.history) >= {"total", "nll", "regulariser", "grad_norm"}
 
 
+def test_steps_never_move_aberrations_along_null_directions(campaign):
+    """A global piston (a null direction of the pupil basis) leaves the loss unchanged,
+    and the shared step's updates are projected off it: the start's piston is kept."""
+    m, truth, *_, batches = campaign
+    start = _perturbed(truth)
+    value = loss(m, start, batches, REG)
+    start["shared"]["aberrations"]["F430M"] = start["shared"]["aberrations"]["F430M"] + 5.0
+    assert abs(float(loss(m, start, batches, REG) - value)) <= 1e-12 * abs(float(value))
+    result = run(make_fitter(m, start, batches, SETTINGS), start, batches, 4, progress=False)
+    fitted = result.params["shared"]["aberrations"]["F430M"]
+    moved = fitted - start["shared"]["aberrations"]["F430M"]
+    assert float(jnp.max(jnp.abs(moved))) > 1e-3
+    np.testing.assert_allclose(m.optics.pupil.canonical(moved), moved, rtol=0, atol=1e-12)
+
+
 def test_preconditioned_sgd_is_a_gauss_newton_step(campaign):
     """With 1/F scaling, lr=1 sgd on fluxes converges to the optimum in a few steps."""
     m, truth, _, _, _, batches = campaign

@@ -5,22 +5,25 @@ Each test states the property it checks and compares against an independent refe
 """
 
 import itertools
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.signal import convolve2d
 
 from model.constants import ARCSEC, FILTERS, HOLE_CENTRES, HOLE_FLAT_TO_FLAT, PIXEL_SCALE
 from model.detector import apply_ipc, apply_jitter, downsample
 from model.exposure import make_spec
 from model.optics import Optics
-from model.pupil import ami_pupil, circular_pupil
+from model.pupil import NM, Pupil, ami_pupil, circular_pupil
 from model.ramp import accumulate, nonlinearity, ramp_slopes
 from model.source import rotate_image, rotate_points
 from tests.helpers import IMAGE_SIDE, generic_detector
 
 PUPIL_NPIX = 64
-NTERMS_AMI = 7 * 2 + 1  # ami_pupil(PUPIL_NPIX, 2)
+NTERMS_AMI = 7 * 2  # ami_pupil(PUPIL_NPIX, 2)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +140,7 @@ def test_fringes_sit_at_baselines_over_wavelength(filter_name):
     npix, scale = 128, PIXEL_SCALE / 2
     optics = Optics(ami_pupil(PUPIL_NPIX, 1), npix, scale)
     psf = np.asarray(
-        optics.psf(jnp.array([wavelength]), jnp.array([1.0]), jnp.zeros(8), jnp.zeros(2))
+        optics.psf(jnp.array([wavelength]), jnp.array([1.0]), jnp.zeros(7), jnp.zeros(2))
     )
     spectrum = np.abs(np.fft.fftshift(np.fft.fft2(psf)))
     centre = npix // 2
@@ -185,6 +188,64 @@ def test_source_position_moves_psf_along_detector_axes():
     moved = np.asarray(optics.psf(wl, w, coeffs, jnp.array([3 * scale, -2 * scale])))
     # Same continuous PSF sampled on a grid shifted by (3, -2) pixels: equal where they overlap.
     np.testing.assert_allclose(moved[:-2, 3:], centred[2:, :-3], rtol=0, atol=1e-12)
+
+
+def _pupil_plane(pupil):
+    """(x, y) pupil coordinates, metres, on the pupil's grid."""
+    n = pupil.npix
+    x = (np.arange(n) - (n - 1) / 2) * pupil.pixel_scale
+    return np.meshgrid(x, x)
+
+
+def test_global_tilt_is_a_source_shift(mask):
+    """An OPD a·x + b·y over the pupil is exactly the unaberrated PSF moved by (a, b)
+    radians: why the pupil bases leave global tip/tilt to the source positions."""
+    xx, yy = _pupil_plane(mask)
+    slope = 2e-7
+    planes = np.stack([xx, yy]) * slope * (np.asarray(mask.transmission) > 0)
+    tilting = Pupil(mask.transmission, jnp.asarray(planes), jnp.eye(2), mask.pixel_scale)
+    optics = Optics(tilting, 64, 0.02)
+    wl, w, ab = jnp.array([4.3e-6, 4.6e-6]), jnp.array([0.4, 0.6]), jnp.array([1.0, -0.5])
+    tilted = np.asarray(optics.psf(wl, w, ab, jnp.zeros(2)))
+    moved = np.asarray(optics.psf(wl, w, jnp.zeros(2), ab * slope / ARCSEC))
+    np.testing.assert_allclose(tilted, moved, rtol=0, atol=1e-12 * tilted.max())
+
+
+def _gram(pupil):
+    """Transmission-weighted mean of products of the basis OPDs, nm²."""
+    basis = np.asarray(pupil.basis).reshape(pupil.basis.shape[0], -1) / NM
+    weight = np.asarray(pupil.transmission).ravel()
+    return (basis * weight) @ basis.T / weight.sum()
+
+
+@pytest.mark.parametrize("n_terms", [3, 4])
+def test_hole_basis_is_orthonormal_less_global_piston_and_tilt(n_terms):
+    """Per-hole terms with a flat piston and linear tip/tilt, orthonormal over equal holes:
+    the Gram matrix has exactly 3 null directions (global piston and tip/tilt, removed)
+    and every other eigenvalue is 1/7 (unit RMS over one hole of seven)."""
+    pupil = ami_pupil(128, n_terms)
+    values = np.linalg.eigvalsh(_gram(pupil))
+    assert np.all(np.abs(values[:3]) < 1e-12)
+    np.testing.assert_allclose(values[3:], 1 / 7, rtol=2e-3)
+    assert np.isclose(np.trace(np.asarray(pupil.observable)), 7 * n_terms - 3, atol=1e-9)
+
+
+def test_pistons_alone_lose_only_the_global_piston():
+    """With one term per hole a global tilt is not a combination of hole pistons."""
+    pupil = ami_pupil(PUPIL_NPIX, 1)
+    assert np.isclose(np.trace(np.asarray(pupil.observable)), 6, atol=1e-9)
+    np.testing.assert_allclose(pupil.canonical(jnp.ones(7)), 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pupil", [ami_pupil(PUPIL_NPIX, 3), circular_pupil(PUPIL_NPIX)])
+def test_canonical_coefficients_keep_the_opd(pupil):
+    """`canonical` is an idempotent projection that leaves the OPD unchanged."""
+    c = 20.0 * np.random.default_rng(3).standard_normal(pupil.basis.shape[0])
+    short = pupil.canonical(jnp.asarray(c))
+    scale = np.abs(np.asarray(pupil.opd(c))).max()
+    np.testing.assert_allclose(pupil.opd(short), pupil.opd(c), rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(pupil.canonical(short), short, rtol=0, atol=1e-12 * np.abs(c).max())
+    assert np.linalg.norm(short) <= np.linalg.norm(c)
 
 
 def _render(points, amplitudes, n=41, sigma=1.3):
@@ -284,6 +345,46 @@ def test_ipc_with_unit_sum_kernel_conserves_charge():
     assert coupled.max() < float(charge.max())  # charge moved off the peak
     halved = np.asarray(apply_ipc(charge, jnp.asarray(0.5 * kernel)))
     np.testing.assert_allclose(halved.sum(axis=(1, 2)), 0.5 * charge.sum(axis=(1, 2)), rtol=1e-9)
+
+
+def test_ipc_is_the_zero_padded_convolution():
+    """`apply_ipc` equals scipy's 2-D convolution (same size, zero fill) with an asymmetric
+    kernel, on square and non-square frames."""
+    rng = np.random.default_rng(4)
+    kernel = rng.uniform(0.0, 0.1, (3, 3))
+    for shape in [(2, 32, 32), (3, 40, 24)]:
+        charge = rng.uniform(0.0, 1e4, shape)
+        expected = np.stack([convolve2d(f, kernel, mode="same") for f in charge])
+        got = np.asarray(apply_ipc(jnp.asarray(charge), jnp.asarray(kernel)))
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-9)
+
+
+IPC_POWER_OF_TWO = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+from model.detector import apply_ipc
+
+def total(x, k):
+    return jnp.sum(apply_ipc(jnp.sin(x), k))
+
+for n in (16, 32, 64, 128):
+    for b in (8, 64):
+        args = jnp.ones((b, n, n)), jnp.full((3, 3), 0.1)
+        jax.block_until_ready(jax.jit(total)(*args))
+        jax.block_until_ready(jax.jit(jax.grad(total))(*args))
+print("ok")
+"""
+
+
+def test_ipc_runs_at_power_of_two_widths():
+    """Regression: a float64 3×3 convolution op at widths 16–128 read out of bounds on
+    XLA:CPU (jax 0.10.2) and could segfault; run in a subprocess so a crash is a failure."""
+    done = subprocess.run(
+        [sys.executable, "-c", IPC_POWER_OF_TWO], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
 
 
 # --- ramp ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def refined():
     m, truth, obs, names, epochs = tiny_campaign(seed=3)
     batches = make_batches(obs, names, epochs)
     start = jax.tree.map(lambda x: x, truth)
-    kick = 3.0 * np.random.default_rng(0).standard_normal(8)
+    kick = 3.0 * np.random.default_rng(0).standard_normal(7)
     start["shared"]["aberrations"]["F430M"] = truth["shared"]["aberrations"]["F430M"] + kick
     params, totals = lbfgs_refine(m, start, batches, ("aberrations",), 8, REG)
     return m, batches, truth, start, params, totals

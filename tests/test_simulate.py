@@ -84,7 +84,7 @@ def test_truth_is_complete(io_config, campaign):
         "log_images": (ep.count, n, n),
         "spot_xy": (ep.count, k, 2),
         "spot_visibility": (ep.count, k),
-        "aberrations": (1, 8),  # 7 holes × 1 term + defocus
+        "aberrations": (1, 7),  # 7 holes × 1 term
         "flat": (npix, npix),
         "ipc": (3, 3),
         "bfe": (2,),
