@@ -13,6 +13,7 @@ from scipy.ndimage import gaussian_filter, maximum_filter
 from model import ExposureModel
 from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT
 from model.likelihood import whitened_residuals
+from model.pupil import NM
 from model.source import normalise_log_image
 from scaling.partition import Observation, exposure_params, make_batches
 from scaling.plots import _cmap, _figure, _spread
@@ -153,6 +154,35 @@ def _residuals_png(path, maps: dict[str, np.ndarray]) -> None:
     fig.savefig(path, dpi=90)
 
 
+def _aberrations_png(path, pupil, fitted: dict, true: dict) -> None:
+    """Per filter, the fitted OPD over the mask (nm); with the truth, it and the error."""
+    inside = np.asarray(pupil.transmission) > 0
+    half = pupil.npix * pupil.pixel_scale / 2
+    ext = [-half, half, -half, half]
+
+    def opd(coefficients):
+        return np.where(inside, np.asarray(pupil.opd(coefficients)) / NM, np.nan)
+
+    panels = []
+    for filt, c in sorted(fitted.items()):
+        row = [(f"{filt} fitted", opd(c))]
+        if filt in true:
+            row += [(f"{filt} truth", opd(true[filt])), (f"{filt} error", opd(c - true[filt]))]
+        panels.append(row)
+    fig, axes = _figure(len(panels), max(len(r) for r in panels))
+    for r, row in enumerate(panels):
+        limit = np.nanmax(np.abs(row[min(1, len(row) - 1)][1]))  # the truth's range
+        for col, (title, image) in enumerate(row):
+            im = axes[r, col].imshow(
+                image, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit, extent=ext
+            )
+            rms = np.sqrt(np.nanmean(image**2))
+            axes[r, col].set_title(f"{title}\n{rms:.1f} nm RMS", fontsize=9)
+            axes[r, col].set_xlabel("pupil x (m)")
+        fig.colorbar(im, ax=axes[r, len(row) - 1], label="OPD (nm)")
+    fig.savefig(path, dpi=90)
+
+
 def _gif(path, images, names, pixel_scale) -> None:
     fig = Figure(figsize=(4, 4), layout="constrained")
     ax = fig.subplots()
@@ -174,7 +204,8 @@ def write_fit_pictures(
     epochs: list[str],
     truth_folder: str | None,
 ) -> Path:
-    """images.png, loss.png, residuals.png and epochs.gif of a fit into `folder`.
+    """images.png, loss.png, residuals.png, aberrations.png and epochs.gif of a fit into
+    `folder`.
 
     `residuals` maps exposure names to (p, p) residual maps (see `residual_maps`).
     """
@@ -182,11 +213,20 @@ def write_fit_pictures(
     folder.mkdir(parents=True, exist_ok=True)
     pixel_scale = model.optics.psf_pixel_scale
     images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
-    truth = load_truth(truth_folder)[1]["images"] if truth_folder else None
+    meta, arrays = load_truth(truth_folder) if truth_folder else ({"filters": []}, {})
+    nterms = model.optics.pupil.basis.shape[:1]
+    truth = arrays.get("images")
+    true_aberrations = {
+        f: arrays["aberrations"][i]
+        for i, f in enumerate(meta["filters"])
+        if "aberrations" in arrays and arrays["aberrations"][i].shape == nterms
+    }
     fwhm = resolution_arcsec(min(b.centre for b in model.bandpasses.values()))
     if images.size:
         _images_png(folder / "images.png", images, epochs, pixel_scale, truth, fwhm)
         _gif(folder / "epochs.gif", images, epochs, pixel_scale)
     _loss_png(folder / "loss.png", result.history)
     _residuals_png(folder / "residuals.png", residuals)
+    fitted = {f: np.asarray(a) for f, a in result.params["shared"]["aberrations"].items()}
+    _aberrations_png(folder / "aberrations.png", model.optics.pupil, fitted, true_aberrations)
     return folder

@@ -69,7 +69,8 @@ def test_fit_writes_results_and_mlflow_run(full):
     assert run.data.metrics["reduced_chi2"] == pytest.approx(outcome.reduced_chi2)
     assert {"ncc.IO_001", "ncc.IO_002"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "pictures")}
-    assert artifacts >= {f"pictures/{n}" for n in ("images.png", "loss.png", "residuals.png")}
+    pictures = ("images.png", "loss.png", "residuals.png", "aberrations.png")
+    assert artifacts >= {f"pictures/{n}" for n in pictures}
     assert "pictures/epochs.gif" in artifacts
     fits = [a.path for a in client.list_artifacts(outcome.run_id, "fits")]
     assert len(fits) == 2 and all(p.endswith(".fits") for p in fits)
