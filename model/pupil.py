@@ -61,8 +61,7 @@ def make_pupil(transmission, basis, pixel_scale: float) -> Pupil:
     weight = np.asarray(transmission, dtype=np.float64)
     raw = np.asarray(basis, dtype=np.float64)
     n = weight.shape[-1]
-    x = (np.arange(n) - (n - 1) / 2) * pixel_scale
-    xx, yy = np.meshgrid(x, x)
+    xx, yy = np.asarray(_coords(n, n * pixel_scale))
     modes = np.stack([np.ones_like(xx), xx, yy]).reshape(3, -1)
     flat = raw.reshape(raw.shape[0], -1)
     gram_modes = (modes * weight.ravel()) @ modes.T

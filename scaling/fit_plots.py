@@ -214,12 +214,12 @@ def write_fit_pictures(
     pixel_scale = model.optics.psf_pixel_scale
     images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
     meta, arrays = load_truth(truth_folder) if truth_folder else ({"filters": []}, {})
-    nterms = model.optics.pupil.basis.shape[:1]
     truth = arrays.get("images")
+    fitted = {f: np.asarray(a) for f, a in result.params["shared"]["aberrations"].items()}
     true_aberrations = {
-        f: arrays["aberrations"][i]
-        for i, f in enumerate(meta["filters"])
-        if "aberrations" in arrays and arrays["aberrations"][i].shape == nterms
+        f: row
+        for f, row in zip(meta["filters"], arrays.get("aberrations", []), strict=False)
+        if f in fitted and row.shape == fitted[f].shape
     }
     fwhm = resolution_arcsec(min(b.centre for b in model.bandpasses.values()))
     if images.size:
@@ -227,6 +227,5 @@ def write_fit_pictures(
         _gif(folder / "epochs.gif", images, epochs, pixel_scale)
     _loss_png(folder / "loss.png", result.history)
     _residuals_png(folder / "residuals.png", residuals)
-    fitted = {f: np.asarray(a) for f, a in result.params["shared"]["aberrations"].items()}
     _aberrations_png(folder / "aberrations.png", model.optics.pupil, fitted, true_aberrations)
     return folder

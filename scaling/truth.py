@@ -40,7 +40,7 @@ def aberration_errors(pupil, fitted: np.ndarray, true: np.ndarray) -> tuple[floa
     error = np.asarray(pupil.canonical(np.asarray(fitted) - np.asarray(true)))
     truth = np.asarray(pupil.canonical(np.asarray(true)))
     weight = np.asarray(pupil.transmission)
-    opd = np.tensordot(error, np.asarray(pupil.basis), axes=1) / NM
+    opd = np.asarray(pupil.opd(error)) / NM
     nm = float(np.sqrt(np.sum(weight * opd**2) / np.sum(weight)))
     return float(np.sqrt(np.sum(error**2) / np.sum(truth**2))), nm
 
