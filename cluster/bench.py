@@ -24,9 +24,10 @@ import numpy as np
 import ray
 
 from cluster.cli import stepper_for
+from cluster.worker import device_peaks
 from scaling.config import CampaignConfig, FitConfig, load_config
+from scaling.data.ingest import ingest
 from scaling.fit import fit_campaign
-from scaling.ingest import ingest
 from scaling.simulate import simulate
 
 WARMUP = 5
@@ -37,8 +38,7 @@ def _memory(stepper) -> dict:
     if hasattr(stepper, "workers"):
         peaks = ray.get([w.memory_stats.remote() for w in stepper.workers])
         return {f"worker{i}": p for i, p in enumerate(peaks)}
-    stats = {str(d): d.memory_stats() for d in jax.local_devices()}
-    return {"driver": {d: s["peak_bytes_in_use"] for d, s in stats.items() if s}}
+    return {"driver": device_peaks()}
 
 
 def time_fit(config: FitConfig, workers: int, gpus: float, exposures: int) -> dict:

@@ -26,11 +26,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.worker import ShardWorker
 from model import ExposureModel
 from scaling.config import ClusterConfig, FitConfig
-from scaling.engine import join, make_fitter, summarise
-from scaling.fit import WorkerLost, initial_shared, settings_from
-from scaling.precondition import unit_outside
-from scaling.results import Results
-from scaling.store import Campaign, StoreError
+from scaling.data.results import Results
+from scaling.data.store import Campaign, StoreError
+from scaling.fitting.engine import join, make_fitter, summarise
+from scaling.fitting.precondition import unit_outside
+from scaling.fitting.start import initial_shared, settings_from
+from scaling.fitting.stepper import WorkerLost
 
 LOCAL_HOST = "127.0.0.1"
 PLACEMENT_TIMEOUT_S = 120.0
@@ -98,7 +99,7 @@ def _sum(trees: list[dict]) -> dict:
 
 
 class RayStepper:
-    """Runs a fit's steps on Ray workers (a `scaling.fit.Stepper`)."""
+    """Runs a fit's steps on Ray workers (a `scaling.fitting.stepper.Stepper`)."""
 
     def __init__(
         self, config: FitConfig, campaign: Campaign, model: ExposureModel, epochs: list[str]
@@ -211,7 +212,7 @@ class RayStepper:
     def checkpoint(self) -> dict:
         parts = self._gather([w.checkpoint.remote() for w in self.workers], "checkpoint")
         trees = {"shared": {"params": self.shared, "state": jax.device_get(self.shared_state)}}
-        trees.update({_name(s): part for s, part in zip(self.shards, parts, strict=True)})
+        trees.update({s.name: part for s, part in zip(self.shards, parts, strict=True)})
         return trees
 
     def restore(self, results: Results, step: int | None = None) -> int:
@@ -296,10 +297,6 @@ class RayStepper:
         self.workers[i] = self._spawn(i)
         ray.get(self.workers[i].start.remote(self.shared_scale))
         self.where[i] = ray.get(self.workers[i].describe.remote())
-
-
-def _name(shard) -> str:
-    return f"shard_{shard.index:03d}"
 
 
 def _assemble(parts: list[dict], rows: list[list[int]]) -> dict:

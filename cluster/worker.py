@@ -17,7 +17,9 @@ import numpy as np
 import ray
 
 from scaling.config import FitConfig
-from scaling.engine import (
+from scaling.data.results import Results
+from scaling.data.store import Campaign, Shard
+from scaling.fitting.engine import (
     initial_scale,
     join,
     make_fitter,
@@ -25,17 +27,13 @@ from scaling.engine import (
     shard_batches,
     split,
 )
-from scaling.fit import (
-    build_model,
+from scaling.fitting.objective import chi_squared_sums, residual_maps
+from scaling.fitting.params import make_batches
+from scaling.fitting.start import (
     initial_params,
     load_observations,
     settings_from,
 )
-from scaling.fit_plots import residual_maps
-from scaling.objective import chi_squared_sums
-from scaling.partition import make_batches
-from scaling.results import Results
-from scaling.store import Campaign, Shard
 
 
 class WorkerError(RuntimeError):
@@ -62,6 +60,12 @@ def check_devices(gpus: float, label: str) -> None:
         )
 
 
+def device_peaks() -> dict[str, int]:
+    """Device → peak bytes in use of this process, for devices that report it (GPUs)."""
+    stats = {str(d): d.memory_stats() for d in jax.local_devices()}
+    return {d: s["peak_bytes_in_use"] for d, s in stats.items() if s}
+
+
 class ShardWorker:
     """The local half of every step for the exposures of one shard.
 
@@ -77,7 +81,7 @@ class ShardWorker:
         check_devices(config.cluster.gpus_per_worker, self.label)
         self.config, self.shard = config, shard
         self.observations = load_observations(Campaign.open(config.campaign), shard.exposures)
-        self.model = build_model(config, filters)
+        self.model = config.instrument.build(filters)
         self.epochs = list(shard.epochs)
         self.settings = settings_from(config, self.observations)
         batches = make_batches(self.observations, list(shard.exposures), self.epochs)
@@ -101,8 +105,7 @@ class ShardWorker:
 
     def memory_stats(self) -> dict[str, int]:
         """Device → peak bytes in use, for devices that report it (GPUs)."""
-        stats = {str(d): d.memory_stats() for d in jax.local_devices()}
-        return {d: s["peak_bytes_in_use"] for d, s in stats.items() if s}
+        return device_peaks()
 
     def fisher_shared(self) -> dict:
         """This shard's part of the shared Fisher diagonal (summed by the coordinator)."""
@@ -148,13 +151,9 @@ class ShardWorker:
     def restore(self, step: int) -> None:
         """Load this shard's part of the checkpoint at `step` from the results store."""
         results = Results.open(self.config.results)
-        _, trees = results.read_checkpoint({self.checkpoint_name: self.checkpoint()}, step)
-        tree = jax.tree.map(jnp.asarray, trees[self.checkpoint_name])
+        _, trees = results.read_checkpoint({self.shard.name: self.checkpoint()}, step)
+        tree = jax.tree.map(jnp.asarray, trees[self.shard.name])
         self.local, self.state, self.step_index = tree["params"], tree["state"], step
-
-    @property
-    def checkpoint_name(self) -> str:
-        return f"shard_{self.shard.index:03d}"
 
     def params(self) -> dict:
         """Local parameters (NumPy), rows in shard order."""

@@ -30,6 +30,9 @@ SUB80_NPIX = 80
 FRAME_TIME = 0.07544
 """SUB80 frame (and NISRAPID group) time, seconds."""
 
+NM = 1e-9
+"""One nanometre in metres (aberration coefficients are in nm, OPDs in metres)."""
+
 FILTERS = {
     "F380M": (3.83e-6, 0.21e-6),
     "F430M": (4.29e-6, 0.20e-6),

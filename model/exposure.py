@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from model.constants import FRAME_TIME
 from model.detector import apply_jitter, downsample
 from model.likelihood import chi_squared, gaussian_nll
 from model.optics import Optics
@@ -57,7 +58,7 @@ class ExposureSpec(eqx.Module):
     dither: Float[Array, "2"]
 
 
-def make_spec(filter, ngroups, roll=0.0, group_time=0.07544, nints=1, dither=(0.0, 0.0)):
+def make_spec(filter, ngroups, roll=0.0, group_time=FRAME_TIME, nints=1, dither=(0.0, 0.0)):
     """ExposureSpec with float64 arrays for the traced fields."""
     f = lambda x: jnp.asarray(x, dtype=jnp.float64)  # noqa: E731
     return ExposureSpec(filter, int(ngroups), f(roll), f(group_time), f(nints), f(dither))

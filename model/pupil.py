@@ -13,15 +13,22 @@ compared with the truth directly.
 
 import dLux.utils as dlu
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from model.constants import HOLE_CENTRES, HOLE_FLAT_TO_FLAT, PRIMARY_DIAMETER
+from model.constants import HOLE_CENTRES, HOLE_FLAT_TO_FLAT, NM, PRIMARY_DIAMETER
 
-NM = 1e-9
 NULL_TOLERANCE = 1e-9
 """Eigenvalues of the basis Gram matrix below this fraction of the largest are null."""
+
+
+def _zernike_basis(js, coords: Float[Array, "2 n n"], diameter: float) -> Float[Array, "k n n"]:
+    """`dlu.zernike_basis` (Noll indices `js`), which multiplies arrays of different rank
+    inside: allowed there whatever `jax_numpy_rank_promotion` says (the tests make it raise)."""
+    with jax.numpy_rank_promotion("allow"):
+        return dlu.zernike_basis(list(js), coords, diameter)
 
 
 class Pupil(eqx.Module):
@@ -136,7 +143,7 @@ def ami_pupil(
     for centre in np.asarray(hole_centres):
         hole = np.asarray(hexagon(coords, centre, flat_to_flat, pixel_scale / 2))
         local = dlu.translate_coords(coords, jnp.asarray(centre))
-        zernikes = np.asarray(dlu.zernike_basis(js, local, 2 * circumscribed))
+        zernikes = np.asarray(_zernike_basis(js, local, 2 * circumscribed))
         terms = zernikes * (hole > 0)
         holes.append(hole)
         hole_basis.append(orthonormalise(terms, hole))
@@ -153,5 +160,5 @@ def circular_pupil(
     coords = _coords(npix, diameter)
     pixel_scale = diameter / npix
     mask = dlu.soft_circle(coords, diameter / 2, clip_dist=pixel_scale / 2)
-    basis = dlu.zernike_basis(list(zernike_js), coords, diameter) * (mask > 0) * NM
+    basis = _zernike_basis(zernike_js, coords, diameter) * (mask > 0)[None] * NM
     return make_pupil(mask, basis, pixel_scale)

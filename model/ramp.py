@@ -57,7 +57,8 @@ def accumulate(
 def nonlinearity(charge: Float[Array, "..."], coeffs: Float[Array, " k"]) -> Float[Array, "..."]:
     """Measured signal S = Q (1 + Σ_k c_k (Q / CHARGE_SCALE)^k), electrons."""
     x = charge / CHARGE_SCALE
-    powers = x[..., None] ** jnp.arange(1, coeffs.shape[0] + 1)
+    exponents = jnp.arange(1, coeffs.shape[0] + 1).reshape((1,) * x.ndim + (-1,))
+    powers = x[..., None] ** exponents
     return charge * (1 + powers @ coeffs)
 
 

@@ -7,9 +7,9 @@ model, starting parameters and settings as `scaling fit` does (default optimiser
 regularisers, image and instrument sizes from CONFIG). Then, in one process, with the
 repeats of each measurement interleaved so that load from other processes hits all alike:
 
-* **engine**: one jitted, vmapped value-and-gradient of `scaling.objective.loss` over all
+* **engine**: one jitted, vmapped value-and-gradient of `scaling.fitting.objective.loss` over all
   batches (the work of a step), and one whole `Fitter.step` (gradient, updates, summary);
-* **reference**: `scaling.reference.reference_value_and_grad`, a Python loop over the
+* **reference**: `scaling.fitting.reference.reference_value_and_grad`, a Python loop over the
   exposures with one jitted value-and-gradient each, as the notebooks fit;
 * **logging**: `MetricLog.add` of one step's metrics into an embedded SQLite MLflow store,
   averaged over enough steps to include its batched sends.
@@ -39,11 +39,11 @@ from tqdm.auto import tqdm
 
 from model import ExposureModel
 from scaling.config import CampaignConfig, FitConfig, load_config
-from scaling.engine import FitSettings, make_fitter
-from scaling.ingest import ingest
-from scaling.objective import loss
-from scaling.partition import Batch, Observation, make_batches
-from scaling.reference import reference_value_and_grad
+from scaling.data.ingest import ingest
+from scaling.fitting.engine import FitSettings, make_fitter
+from scaling.fitting.objective import loss
+from scaling.fitting.params import Batch, Observation, make_batches
+from scaling.fitting.reference import reference_value_and_grad
 from scaling.simulate import simulate
 
 TARGET_SPEEDUP = 10.0
@@ -79,8 +79,8 @@ def fit_config(campaign: CampaignConfig, store: Path) -> FitConfig:
 
 def prepare(campaign: CampaignConfig, folder: Path) -> Setup:
     """Simulate `campaign` into `folder`, ingest it and build what a fit starts from."""
-    from scaling.fit import build_model, initial_params, load_observations, settings_from
-    from scaling.store import Campaign
+    from scaling.data.store import Campaign
+    from scaling.fitting.start import initial_params, load_observations, settings_from
 
     files = simulate(campaign, folder / "simulation", progress=False)
     store = folder / "campaign.zarr"
@@ -90,7 +90,7 @@ def prepare(campaign: CampaignConfig, folder: Path) -> Setup:
     names = list(opened.names)
     epochs = sorted(opened.epochs)
     observations = load_observations(opened, names)
-    model = build_model(config, sorted({o.spec.filter for o in observations}))
+    model = config.instrument.build(sorted({o.spec.filter for o in observations}))
     params = initial_params(config, model, observations, epochs)
     batches = make_batches(observations, names, epochs)
     settings = settings_from(config, observations)
@@ -118,7 +118,7 @@ def log_seconds(folder: Path, metrics: dict[str, float], steps: int = LOG_STEPS)
     """Mean seconds of one step's `MetricLog.add` into a fresh SQLite MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    from scaling.tracking import MetricLog
+    from scaling.report.tracking import MetricLog
 
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.create_experiment("bench", artifact_location=str(folder / "mlruns"))

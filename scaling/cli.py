@@ -19,8 +19,8 @@ from pathlib import Path
 
 from scaling.bench import add_bench_parser
 from scaling.config import CampaignConfig, Config, load_config
-from scaling.export import add_export_parser
-from scaling.ingest import add_ingest_parser
+from scaling.data.export import add_export_parser
+from scaling.data.ingest import add_ingest_parser
 from scaling.simulate import simulate
 
 EXIT_USAGE = 2
@@ -51,9 +51,9 @@ def _simulate(args: argparse.Namespace) -> list[Path]:
 
 def _demo(args: argparse.Namespace) -> None:
     from scaling.config import FitConfig
+    from scaling.data.ingest import ingest
     from scaling.fit import fit_campaign
-    from scaling.ingest import ingest
-    from scaling.plots import plot_campaign
+    from scaling.report.plots import plot_campaign
 
     fit_config = load_config(args.fit) if args.fit else None
     if fit_config is not None and not isinstance(fit_config, FitConfig):

@@ -11,131 +11,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import jax
-import jax.numpy as jnp
 import mlflow
 import numpy as np
-from jaxtyping import PyTree
 from tqdm.auto import tqdm
 
-from model import ExposureModel, ami_model, make_spec, nominal_detector
 from model.source import normalise_log_image
 from scaling.config import FitConfig, config_to_dict
-from scaling.engine import FitResult, FitSettings, join, make_fitter, renormalise_images, split
-from scaling.export import export_fits
-from scaling.fit_plots import residual_maps, write_fit_pictures
-from scaling.objective import chi_squared_sums
-from scaling.optimisers import OptimiserSpec
-from scaling.partition import Observation, make_batches
-from scaling.quasi_newton import lbfgs_refine
-from scaling.results import EpochImage, Results
-from scaling.store import Campaign
-from scaling.tracking import fit_run, tracking_uri
-from scaling.truth import truth_comparison
-
-
-def load_observations(campaign: Campaign, names) -> list[Observation]:
-    """Observations of the named exposures, read from the store (float64, bool masks)."""
-    records = campaign.read(names)
-    observations = []
-    for name in names:
-        info, rec = campaign.info(name), records[name]
-        spec = make_spec(
-            info.filter,
-            rec.slope.shape[0] + 1,
-            roll=info.roll,
-            group_time=info.group_time,
-            nints=info.nints,
-            dither=(info.dither_x, info.dither_y),
-        )
-        observations.append(Observation(name, info.epoch, spec, rec.slope, rec.badpix))
-    return observations
-
-
-def build_model(config: FitConfig, filters) -> ExposureModel:
-    """The AMI model at the config's sizes for the campaign's filters."""
-    i = config.instrument
-    return ami_model(i.npix, i.oversample, i.pupil_npix, i.nwavels, i.n_hole_zernikes, filters)
-
-
-def initial_shared(config: FitConfig, model: ExposureModel) -> dict:
-    """Starting shared parameters: nominal detector, no aberration (float64)."""
-    nterms = model.optics.pupil.basis.shape[0]
-    shared = nominal_detector(model.npix)
-    shared["jitter"] = jnp.asarray(config.jitter)
-    shared["read_noise"] = jnp.asarray(config.read_noise)
-    shared["aberrations"] = {f: jnp.zeros(nterms) for f in sorted(model.bandpasses)}
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), shared)
-
-
-def initial_local(config: FitConfig, observations: list[Observation], n_epochs: int) -> dict:
-    """Starting local parameters: centred sources, flat images (float64).
-
-    Each exposure's flux starts at its measured count rate (good pixels, mean slope).
-    """
-    rates = [
-        np.sum(np.where(o.bad, 0.0, o.slopes).mean(axis=0)) / float(o.spec.group_time)
-        for o in observations
-    ]
-    n = len(observations)
-    exposure = {
-        "position": jnp.zeros((n, 2)),
-        "log_flux": jnp.log10(jnp.asarray(rates)),
-        "spectral_slope": jnp.zeros(n),
-    }
-    images = jnp.zeros((n_epochs, config.image_npix, config.image_npix))
-    local = {"epoch": {"log_image": images}, "exposure": exposure}
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), local)
-
-
-def initial_params(
-    config: FitConfig, model: ExposureModel, observations: list[Observation], epochs: list[str]
-) -> dict:
-    """Starting point of a single-process fit (`initial_shared` and `initial_local`)."""
-    return join(
-        {"shared": initial_shared(config, model)},
-        initial_local(config, observations, len(epochs)),
-    )
-
-
-def freeze_science_positions(observations: list[Observation]):
-    """Gradient hook freezing the position of the first exposure of each epoch.
-
-    That exposure's pointing is carried by the epoch image (as in the seed notebook,
-    where an image belongs to one exposure); the other exposures of the epoch fit their
-    pointing relative to it, which one image cannot carry for all of them. Calibrator
-    positions stay free. `observations` must hold whole epochs (as a shard does).
-    """
-    firsts = {}
-    for i, o in enumerate(observations):
-        if o.epoch is not None:
-            firsts.setdefault(o.epoch, i)
-    frozen = set(firsts.values())
-    free = jnp.asarray([[0.0] if i in frozen else [1.0] for i in range(len(observations))])
-
-    def hook(grads, params):
-        if "exposure" not in grads or "position" not in grads["exposure"]:
-            return grads
-        exposure = {**grads["exposure"], "position": grads["exposure"]["position"] * free}
-        return {**grads, "exposure": exposure}
-
-    return hook
-
-
-def settings_from(config: FitConfig, observations: list[Observation]) -> FitSettings:
-    """Engine settings of a fit config."""
-    specs = {
-        name: OptimiserSpec(o.kind, o.lr, o.start, o.precondition)
-        for name, o in config.optimisers.items()
-    }
-    return FitSettings(
-        specs,
-        dict(config.regularisers),
-        config.diagonal,
-        grad_hook=freeze_science_positions(observations),
-    )
+from scaling.data.export import export_fits
+from scaling.data.results import EpochImage, Results
+from scaling.data.store import Campaign
+from scaling.fitting.engine import FitResult
+from scaling.fitting.stepper import InProcess, Stepper, StepperFactory, WorkerLost
+from scaling.report.fit_plots import write_fit_pictures
+from scaling.report.tracking import fit_run, tracking_uri
+from scaling.report.truth import truth_comparison
 
 
 @dataclass
@@ -148,108 +38,6 @@ class FitOutcome:
     reduced_chi2: float
     step: int
     truth_metrics: dict[str, float]
-
-
-class WorkerLost(RuntimeError):
-    """A worker of a distributed fit died; the fit rolls back to its last checkpoint."""
-
-
-class Stepper(Protocol):
-    """What runs the steps of a fit: this process (`InProcess`) or a Ray cluster.
-
-    Parameters it returns are laid out as in a single process: exposures in campaign
-    order, epochs sorted by name.
-    """
-
-    def step(self) -> dict[str, float]:
-        """One step; the loss terms at the parameters before it (floats)."""
-
-    def checkpoint(self) -> dict[str, PyTree]:
-        """Trees of a checkpoint: every parameter and optimiser state."""
-
-    def restore(self, results: Results, step: int | None = None) -> int:
-        """Load the checkpoint at `step` (default: latest) from `results`; its step."""
-
-    def reset(self) -> None:
-        """Back to the starting parameters and fresh optimiser states (step 0)."""
-
-    def params(self) -> dict:
-        """All current parameters."""
-
-    def chi_squared(self) -> tuple[float, float]:
-        """(Σ χ², Σ measurements) at the current parameters."""
-
-    def residual_maps(self) -> dict[str, np.ndarray]:
-        """Exposure name → (p, p) mean whitened residual (NaN on bad pixels)."""
-
-    def refine(self, names, steps: int, memory: int) -> list[float]:
-        """The quasi-Newton stage on parameters `names`; the loss before each iteration."""
-
-    def close(self) -> None:
-        """Release what the stepper holds (processes, devices)."""
-
-
-StepperFactory = Callable[[FitConfig, Campaign, ExposureModel, list[str]], Stepper]
-"""Builds a stepper from (config, campaign, model, epoch names)."""
-
-
-class InProcess:
-    """Every exposure in this process, batched with vmap: the engine's reference."""
-
-    def __init__(
-        self, config: FitConfig, campaign: Campaign, model: ExposureModel, epochs: list[str]
-    ):
-        self.model, self.epochs = model, epochs
-        self.observations = load_observations(campaign, campaign.names)
-        self.batches = make_batches(self.observations, list(campaign.names), epochs)
-        self.initial = initial_params(config, model, self.observations, epochs)
-        settings = settings_from(config, self.observations)
-        self.fitter = make_fitter(model, self.initial, self.batches, settings)
-        self.reset()
-
-    def reset(self) -> None:
-        shared, local = split(self.initial)
-        self._params = join(shared, renormalise_images(local))
-        self._state = self.fitter.init(self._params)
-
-    def step(self) -> dict[str, float]:
-        self._params, self._state, terms = self.fitter.step(self._params, self._state, self.batches)
-        return terms
-
-    def checkpoint(self) -> dict[str, PyTree]:
-        return {"params": self._params, "state": self._state}
-
-    def restore(self, results: Results, step: int | None = None) -> int:
-        step, trees = results.read_checkpoint(self.checkpoint(), step)
-        self._params, self._state = jax.tree.map(jnp.asarray, (trees["params"], trees["state"]))
-        return step
-
-    def params(self) -> dict:
-        return self._params
-
-    def chi_squared(self) -> tuple[float, float]:
-        chi2, count = chi_squared_sums(self.model, self._params, self.batches)
-        return float(chi2), float(count)
-
-    def residual_maps(self) -> dict[str, np.ndarray]:
-        return residual_maps(self.model, self._params, self.observations, self.epochs)
-
-    def refine(self, names, steps: int, memory: int) -> list[float]:
-        settings = self.fitter.settings
-        self._params, totals = lbfgs_refine(
-            self.model,
-            self._params,
-            self.batches,
-            names,
-            steps,
-            settings.reg_weights,
-            settings.diagonal,
-            memory,
-        )
-        return totals
-
-    def close(self) -> None:
-        pass
 
 
 def _previous_run(results: str, uri: str) -> str | None:
@@ -280,7 +68,7 @@ def fit_campaign(
     """
     campaign = Campaign.open(config.campaign)
     epochs = sorted(campaign.epochs)
-    model = build_model(config, sorted({campaign.info(n).filter for n in campaign.names}))
+    model = config.instrument.build(sorted({campaign.info(n).filter for n in campaign.names}))
     runner = (stepper or InProcess)(config, campaign, model, epochs)
     try:
         return _fit(config, runner, campaign, model, epochs, resume, progress, pictures, callback)

@@ -1,18 +1,16 @@
 """Simulated campaigns: true parameters → noisy JWST-like exposures on disk, plus the truth.
 
-`simulate(config, out)` writes one FITS file per exposure (see `scaling.fitsio`), the
+`simulate(config, out)` writes one FITS file per exposure (see `scaling.data.fitsio`), the
 truth as `truth.json` (scalars, the exposure → epoch map, the config echoed) and
 `truth.npz` (arrays), all into a temporary folder beside `out` that is renamed to `out`
 at the end, so a failure leaves nothing half-written. Randomness comes only from NumPy
 generators spawned from the config's seed: the same seed gives byte-identical files.
 """
 
-import json
 import math
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,12 +23,13 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from model import ExposureModel, ExposureSpec, ami_model, field_model, make_spec, nominal_detector
+from model import ExposureModel, ExposureSpec, make_spec, nominal_detector
 from model.constants import FRAME_TIME
 from model.noise import noisy_slopes
 from model.scenes import IoScene
 from scaling.config import CampaignConfig, Config, FlatFieldConfig, config_to_dict
-from scaling.fitsio import ExposureRecord, write_exposure
+from scaling.data.fitsio import ExposureRecord, exposure_name, write_exposure
+from scaling.data.truthfiles import write_truth
 
 LOG_FLOOR = 1e-12
 """Relative floor under the true image before taking its log (pixels off the disk)."""
@@ -76,11 +75,6 @@ class _Planned:
     exposure: int
     dither: tuple[float, float] = (0.0, 0.0)
     local: dict[str, NDArray[np.float64]] = field(default_factory=dict)
-
-
-def exposure_name(program: int, observation: int, exposure: int, visit: int = 1) -> str:
-    """JWST-style exposure id, e.g. 'jw01373001001_01101_00001_nis'."""
-    return f"jw{program:05d}{observation:03d}{visit:03d}_01101_{exposure:05d}_nis"
 
 
 def truncated_ngroups(peak_rate: float, group_time: float, well_depth: float, ngroups: int) -> int:
@@ -187,28 +181,6 @@ def _observe(
         write_exposure(folder / f"{name}_calslope.fits", record)
         facts[name] = {"ngroups": n, "peak_charge": peak * group_time * n}
     return facts
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, but with fixed zip timestamps so the bytes depend only on the data."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for key, value in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
-
-
-def _write_truth(folder: Path, truth: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
-    _save_npz(folder / "truth.npz", arrays)
-
-
-def load_truth(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(truth.json as a dict, truth.npz arrays) of a simulated campaign."""
-    folder = Path(folder)
-    truth = json.loads((folder / "truth.json").read_text())
-    with np.load(folder / "truth.npz", allow_pickle=False) as npz:
-        return truth, {k: npz[k] for k in npz.files}
 
 
 @contextmanager
@@ -344,9 +316,7 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]
     truth_seed, bad_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(3)
     rng = np.random.default_rng(truth_seed)
     ins, t = cfg.instrument, cfg.truth
-    model = ami_model(
-        ins.npix, ins.oversample, ins.pupil_npix, ins.nwavels, ins.n_hole_zernikes, cfg.filters
-    )
+    model = ins.build(cfg.filters)
     pupil = model.optics.pupil
     drawn = t.aberration_rms * rng.standard_normal((len(cfg.filters), pupil.basis.shape[0]))
     aberrations = np.stack([np.asarray(pupil.canonical(a)) for a in drawn])
@@ -406,7 +376,7 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]
         "log_fluxes": np.stack([e.local["log_flux"] for e in plan]),
         "spectral_slopes": np.stack([e.local["spectral_slope"] for e in plan]),
     }
-    _write_truth(folder, truth, arrays)
+    write_truth(folder, truth, arrays)
     return names
 
 
@@ -435,11 +405,7 @@ def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> l
     truth_seed, bad_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(3)
     rng = np.random.default_rng(truth_seed)
     ins, stars = cfg.instrument, cfg.stars
-    zernikes = tuple(range(4, 4 + ins.n_zernikes))
-    model = field_model(
-        ins.npix, ins.oversample, ins.pupil_npix, ins.nwavels, ins.diameter, zernikes,
-        (cfg.filter,), ins.pixel_scale,
-    )  # fmt: skip
+    model = ins.build((cfg.filter,))
     aberrations = np.asarray(
         model.optics.pupil.canonical(cfg.aberration_rms * rng.standard_normal(ins.n_zernikes))
     )
@@ -498,7 +464,7 @@ def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> l
         "dithers": np.asarray(cfg.dithers, dtype=np.float64),
         "bad_pixels": bad,
     }
-    _write_truth(folder, truth, arrays)
+    write_truth(folder, truth, arrays)
     return names
 
 

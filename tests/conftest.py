@@ -1,8 +1,15 @@
-"""Suite-wide setup: float64 JAX and session-scoped tiny models shared by the physics tests.
+"""Suite-wide setup: float64 JAX, no implicit rank promotion, and session-scoped tiny models
+shared by the physics tests.
 
 `import model` turns float64 on; the assertion below fails loudly if that ever changes,
 because every tolerance in the physics tests assumes double precision.
+
+Implicit rank promotion (`x + y` with arrays of different rank) raises, as in equinox's own
+suite: every broadcast in `model/` and `scaling/` must be spelled out. The environment
+variable carries the same setting into the subprocesses and Ray workers the tests start.
 """
+
+import os
 
 import jax
 import pytest
@@ -15,6 +22,8 @@ from tests.helpers import (
     tiny_field_model,
 )
 
+jax.config.update("jax_numpy_rank_promotion", "raise")
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"  # subprocesses and Ray workers
 assert jax.config.jax_enable_x64, "import model must enable float64"
 
 

@@ -20,64 +20,16 @@ from ray.cluster_utils import Cluster
 
 from cluster.bench import main as bench_main
 from cluster.coordinator import RayStepper, connect
-from scaling.config import ClusterConfig, load_config
+from scaling.config import ClusterConfig, config_to_dict, load_config
+from scaling.data.results import Results
+from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
-from scaling.results import Results
-from scaling.store import Campaign
 
-from .campaign_files import simulated_campaign
+from .campaigns import simulated_campaign
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 STEPS = 20
-FIT_TOML = """
-kind = "fit"
-campaign = "{campaign}"
-results = "{results}"
-steps = {steps}
-checkpoint_every = 5
-image_npix = 37
-read_noise = 10.0
-
-[instrument]
-npix = 24
-oversample = 2
-pupil_npix = 64
-nwavels = 3
-n_hole_zernikes = 1
-
-[regularisers]
-tv = 1.0
-maxent = 0.1
-
-[optimisers.position]
-kind = "sgd"
-lr = 0.5
-precondition = true
-
-[optimisers.log_flux]
-kind = "sgd"
-lr = 0.5
-precondition = true
-
-[optimisers.aberrations]
-kind = "sgd"
-lr = 0.3
-start = 3
-precondition = true
-
-[optimisers.log_image]
-kind = "adam"
-lr = 0.05
-start = 2
-
-[tracking]
-uri = "sqlite:///{root}/mlflow.db"
-
-[cluster]
-cpus_per_worker = 0.5
-compile_cache = "{root}/jax-cache"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +39,42 @@ def root(tmp_path_factory):
     return root
 
 
-def write_config(root, name: str, steps: int = STEPS, campaign: str = "campaign.zarr"):
-    path = root / f"{name}.toml"
-    path.write_text(
-        FIT_TOML.format(
-            campaign=root / campaign, results=root / f"{name}.zarr", steps=steps, root=root
-        )
+def config(root, name: str, workers: int = 0, campaign: str = "campaign.zarr"):
+    """The suite's fit (configs/io_test_fit.toml) of the store under `root`, for STEPS
+    steps with a checkpoint every 5, on `workers` Ray workers of half a CPU each."""
+    base = load_config("configs/io_test_fit.toml")
+    return dataclasses.replace(
+        base,
+        campaign=str(root / campaign),
+        results=str(root / f"{name}.zarr"),
+        truth="",
+        steps=STEPS,
+        checkpoint_every=5,
+        tracking=dataclasses.replace(base.tracking, uri=f"sqlite:///{root}/mlflow.db"),
+        cluster=dataclasses.replace(
+            base.cluster,
+            workers=workers,
+            cpus_per_worker=0.5,
+            compile_cache=str(root / "jax-cache"),
+        ),
     )
-    return path
 
 
-def config(root, name: str, workers: int = 0, **kwargs):
-    base = load_config(write_config(root, name, **kwargs))
-    return dataclasses.replace(base, cluster=dataclasses.replace(base.cluster, workers=workers))
+def write_toml(path, config) -> str:
+    """`config` as a TOML file (plain keys, then one table per dict) → its path."""
+    lines = []
+
+    def table(values: dict, name: str):
+        lines.extend([f"[{name}]"] if name else [])
+        plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in plain.items())
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(value, f"{name}.{key}" if name else key)
+
+    table(config_to_dict(config), "")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -232,13 +207,13 @@ fit_campaign(load_config(sys.argv[1]), progress=False, stepper=RayStepper, callb
 def test_killed_driver_resumes_to_the_same_result(root, reference):
     """The driver SIGKILLs itself after step 12 (the last checkpoint is step 10); then
     `scaling fit --resume` finishes the fit."""
-    path = write_config(root, "driver")
+    cfg = config(root, "driver", 2)
+    path = write_toml(root / "driver.toml", cfg)
+    assert load_config(path) == cfg
     results = root / "driver.zarr"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    path.write_text(path.read_text().replace("[cluster]", "[cluster]\nworkers = 2"))
-    assert load_config(path).cluster.workers == 2
     first = subprocess.Popen(
-        [sys.executable, "-c", DRIVER_KILLED_AT_12, str(path)],
+        [sys.executable, "-c", DRIVER_KILLED_AT_12, path],
         start_new_session=True,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -249,7 +224,7 @@ def test_killed_driver_resumes_to_the_same_result(root, reference):
         os.killpg(first.pid, signal.SIGKILL)  # the Ray processes it started
     assert _steps(results) == [5, 10]
     done = subprocess.run(
-        _scaling("fit", str(path), "--resume", "--quiet"),
+        _scaling("fit", path, "--resume", "--quiet"),
         env=env,
         capture_output=True,
         text=True,

@@ -1,10 +1,15 @@
-"""The single-process engine: batched gradients, optimisers, start steps, resume, devices."""
+"""The single-process engine: batched gradients, optimisers, start steps, resume, devices,
+and one compilation of each half step for a whole fit."""
 
+import itertools
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import equinox as eqx
 import jax
@@ -12,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling.engine import FitSettings, make_fitter, run
-from scaling.objective import loss
-from scaling.optimisers import OptimiserSpec
-from scaling.partition import make_batches
-from scaling.reference import reference_value_and_grad
-from tests.engine_campaign import tiny_campaign
+from scaling.config import OptimiserConfig
+from scaling.fitting.engine import FitSettings, join, make_fitter, renormalise_images, split
+from scaling.fitting.objective import loss
+from scaling.fitting.params import make_batches
+from scaling.fitting.reference import reference_value_and_grad
+from tests.campaigns import tiny_campaign
 
 REG = {"tv": 1.0, "maxent": 0.1}
 
@@ -38,24 +43,37 @@ def _perturbed(truth):
 
 SETTINGS = FitSettings(
     {
-        "position": OptimiserSpec("sgd", 0.5, 0, True),
-        "log_flux": OptimiserSpec("sgd", 0.5, 0, True),
-        "aberrations": OptimiserSpec("sgd", 0.5, 2, True),
-        "log_image": OptimiserSpec("adam", 0.02, 3),
+        "position": OptimiserConfig("sgd", 0.5, 0, True),
+        "log_flux": OptimiserConfig("sgd", 0.5, 0, True),
+        "aberrations": OptimiserConfig("sgd", 0.5, 2, True),
+        "log_image": OptimiserConfig("adam", 0.02, 3),
     },
     REG,
 )
 
 
+def fit_steps(fitter, params, batches, steps: int, state=None):
+    """`steps` calls of `Fitter.step` from `params`, whose images are first renormalised
+    (as a fit starts) → (parameters after each step, final state, loss terms of each step)."""
+    shared, local = split(params)
+    params = join(shared, renormalise_images(local))
+    state = fitter.init(params) if state is None else state
+    path, terms = [], []
+    for _ in range(steps):
+        params, state, step_terms = fitter.step(params, state, batches)
+        path.append(params)
+        terms.append(step_terms)
+    return path, state, terms
+
+
 @pytest.fixture(scope="module")
 def fitted(campaign):
-    """A compiled fitter and 3 recorded steps from the perturbed start."""
+    """A compiled fitter and 3 recorded steps from the perturbed start:
+    (fitter, start, parameters after each step, final state, loss terms of each step)."""
     m, truth, *_, batches = campaign
     start = _perturbed(truth)
     fitter = make_fitter(m, start, batches, SETTINGS)
-    seen = []
-    result = run(fitter, start, batches, 3, progress=False, callback=lambda *a: seen.append(a[1]))
-    return fitter, start, seen, result
+    return fitter, start, *fit_steps(fitter, start, batches, 3)
 
 
 def test_batches_group_by_kind(campaign):
@@ -83,14 +101,14 @@ def test_engine_gradient_equals_reference_loop(campaign):
 
 
 def test_fit_decreases_loss_and_respects_start_steps(fitted):
-    _, start, seen, result = fitted
+    _, start, seen, _, terms = fitted
     ab0 = start["shared"]["aberrations"]["F430M"]
     np.testing.assert_array_equal(seen[0]["shared"]["aberrations"]["F430M"], ab0)
     np.testing.assert_array_equal(seen[1]["shared"]["aberrations"]["F430M"], ab0)
     assert not np.array_equal(seen[2]["shared"]["aberrations"]["F430M"], ab0)
     np.testing.assert_array_equal(seen[-1]["shared"]["flat"], start["shared"]["flat"])
-    assert np.all(np.diff(result.history["total"]) < 0)
-    assert set(result.history) >= {"total", "nll", "regulariser", "grad_norm"}
+    assert np.all(np.diff([t["total"] for t in terms]) < 0)
+    assert all(set(t) >= {"total", "nll", "regulariser", "grad_norm"} for t in terms)
 
 
 def test_steps_never_move_aberrations_along_null_directions(campaign):
@@ -101,8 +119,8 @@ def test_steps_never_move_aberrations_along_null_directions(campaign):
     value = loss(m, start, batches, REG)
     start["shared"]["aberrations"]["F430M"] = start["shared"]["aberrations"]["F430M"] + 5.0
     assert abs(float(loss(m, start, batches, REG) - value)) <= 1e-12 * abs(float(value))
-    result = run(make_fitter(m, start, batches, SETTINGS), start, batches, 4, progress=False)
-    fitted = result.params["shared"]["aberrations"]["F430M"]
+    path, *_ = fit_steps(make_fitter(m, start, batches, SETTINGS), start, batches, 4)
+    fitted = path[-1]["shared"]["aberrations"]["F430M"]
     moved = fitted - start["shared"]["aberrations"]["F430M"]
     assert float(jnp.max(jnp.abs(moved))) > 1e-3
     np.testing.assert_allclose(m.optics.pupil.canonical(moved), moved, rtol=0, atol=1e-12)
@@ -113,12 +131,9 @@ def test_preconditioned_sgd_is_a_gauss_newton_step(campaign):
     m, truth, _, _, _, batches = campaign
     start = jax.tree.map(lambda x: x, truth)
     start["exposure"]["log_flux"] = truth["exposure"]["log_flux"] + 0.01
-    settings = FitSettings({"log_flux": OptimiserSpec("sgd", 1.0, 0, True)}, REG)
-    path = []
-    record = lambda s, p, o, t: path.append(np.asarray(p["exposure"]["log_flux"]))  # noqa: E731
-    run(
-        make_fitter(m, start, batches, settings), start, batches, 6, progress=False, callback=record
-    )
+    settings = FitSettings({"log_flux": OptimiserConfig("sgd", 1.0, 0, True)}, REG)
+    steps, *_ = fit_steps(make_fitter(m, start, batches, settings), start, batches, 6)
+    path = [np.asarray(p["exposure"]["log_flux"]) for p in steps]
     final = path[-1]
     first_error = np.abs(np.asarray(start["exposure"]["log_flux"]) - final).max()
     assert first_error > 1e-3
@@ -128,37 +143,41 @@ def test_preconditioned_sgd_is_a_gauss_newton_step(campaign):
 
 def test_resume_equals_uninterrupted(campaign, fitted):
     *_, batches = campaign
-    fitter, start, _, full = fitted
-    first = run(fitter, start, batches, 1, progress=False)
-    rest = run(fitter, first.params, batches, 2, first.state, first.step, progress=False)
-    assert rest.step == full.step == 3
-    for a, b in zip(jax.tree.leaves(rest.params), jax.tree.leaves(full.params), strict=True):
+    fitter, start, full, full_state, full_terms = fitted
+    first, first_state, first_terms = fit_steps(fitter, start, batches, 1)
+    rest, rest_state, rest_terms = fit_steps(fitter, first[-1], batches, 2, first_state)
+    assert len(first + rest) == len(full) == 3
+    for a, b in zip(jax.tree.leaves(rest[-1]), jax.tree.leaves(full[-1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    for a, b in zip(jax.tree.leaves(rest_state), jax.tree.leaves(full_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    totals = [t["total"] for t in first_terms + rest_terms]
+    np.testing.assert_allclose(totals, [t["total"] for t in full_terms], rtol=1e-12)
 
 
 DEVICE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from scaling.engine import make_fitter, run, shard_batches
-    from scaling.partition import make_batches
-    from tests.engine_campaign import tiny_campaign
-    from tests.test_engine import SETTINGS, _perturbed
+    from scaling.fitting.engine import make_fitter, shard_batches
+    from scaling.fitting.params import make_batches
+    from tests.campaigns import tiny_campaign
+    from tests.test_engine import SETTINGS, _perturbed, fit_steps
     m, truth, obs, names, epochs = tiny_campaign()
     batches = shard_batches(make_batches(obs, names, epochs))
     start = _perturbed(truth)
-    res = run(make_fitter(m, start, batches, SETTINGS), start, batches, 3, progress=False)
-    leaves = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(res.params)]
+    path, _, terms = fit_steps(make_fitter(m, start, batches, SETTINGS), start, batches, 3)
+    leaves = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(path[-1])]
     shards = len(batches[-1].slopes.sharding.device_set)
     print(json.dumps({"devices": jax.local_device_count(), "shards": shards,
-                      "loss": res.history["total"].tolist(), "params": leaves}))
+                      "loss": [t["total"] for t in terms], "params": leaves}))
     """
 )
 
 
 def test_two_devices_equal_one(fitted):
     """The same 3 steps with exposures sharded over 2 (fake CPU) devices."""
-    *_, one = fitted
+    _, _, path, _, terms = fitted
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
@@ -167,7 +186,28 @@ def test_two_devices_equal_one(fitted):
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (two["devices"], two["shards"]) == (2, 2)
-    np.testing.assert_allclose(two["loss"], one.history["total"], rtol=1e-12)
-    ref = [np.asarray(x).ravel() for x in jax.tree.leaves(one.params)]
+    np.testing.assert_allclose(two["loss"], [t["total"] for t in terms], rtol=1e-12)
+    ref = [np.asarray(x).ravel() for x in jax.tree.leaves(path[-1])]
     for a, b in zip(two["params"], ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+COMPILED = re.compile(r"Compiling jit\((\w+)\)")
+"""What `jax.log_compiles` logs when it compiles a jitted function (its name in brackets)."""
+
+
+def test_a_fit_compiles_each_half_step_once(campaign, caplog):
+    """Five steps, each from new parameter values and crossing every optimiser's start
+    step, compile `Fitter.local_step` and `Fitter.shared_step` once each: no retrace from
+    values, dtypes, weak types or optimiser-state structure changing between steps."""
+    m, truth, *_, batches = campaign
+    # Float64 and not weakly typed, as `scaling.fitting.start` makes a fit's parameters
+    # (`jnp.asarray(0.1)` in the tiny campaign is weakly typed; a step's output is not).
+    start = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), _perturbed(truth))
+    fitter = make_fitter(m, start, batches, SETTINGS)  # new: compiles on its first step
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        path, *_ = fit_steps(fitter, start, batches, 5)
+    compiled = Counter(hit[1] for hit in map(COMPILED.match, caplog.messages) if hit)
+    assert compiled["local_step"] == 1 and compiled["shared_step"] == 1, compiled
+    fluxes = [np.asarray(p["exposure"]["log_flux"]) for p in path]
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(fluxes))

@@ -9,11 +9,11 @@ from mlflow.tracking import MlflowClient
 
 from scaling.cli import main
 from scaling.config import QuasiNewtonConfig, load_config
+from scaling.data.results import Results
+from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
-from scaling.results import Results
-from scaling.store import Campaign
 
-from .campaign_files import simulated_campaign
+from .campaigns import simulated_campaign
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from scaling.fitsio import (
+from scaling.data.fitsio import (
     DO_NOT_USE,
     ExposureRecord,
     read_exposure,

@@ -17,17 +17,17 @@ import pytest
 import zarr
 from astropy.io import fits
 
-from scaling._zarr import StoreError
-from scaling.fitsio import ExposureRecord, read_exposure
-from scaling.ingest import (
+from scaling.data._zarr import StoreError
+from scaling.data.fitsio import META_FIELDS, ExposureRecord, read_exposure
+from scaling.data.ingest import (
     add_ingest_parser,
     ingest,
     load_epoch_table,
     summary_table,
 )
-from scaling.store import RECORD_FIELDS, Campaign, previous_store
-from scaling.validate import IngestError, file_sha256
-from tests.campaign_files import (
+from scaling.data.store import Campaign, previous_store
+from scaling.data.validate import IngestError, file_sha256
+from tests.campaigns import (
     make_record,
     records_equal,
     tree_digest,
@@ -76,8 +76,8 @@ def test_round_trip_is_bit_identical(tmp_path):
             assert [type(c).__name__ for c in group[a].compressors] == ["ZstdCodec"]
         path = tmp_path / "fits" / group.attrs["source_file"]
         record = by_file[path.name]
-        assert {f: group.attrs[f] for f in RECORD_FIELDS} == {
-            f: getattr(record, f) for f in RECORD_FIELDS
+        assert {f: group.attrs[f] for f in META_FIELDS} == {
+            f: getattr(record, f) for f in META_FIELDS
         }
         assert group.attrs["sha256"] == file_sha256(path) == campaign.info(name).sha256
         assert group.attrs["role"] == ("calibrator" if record.is_psf else "science")
@@ -397,7 +397,7 @@ def test_failed_ingest_into_an_fsspec_url_leaves_no_trace(tmp_path):
 
 _SLOW_INGEST = """
 import sys, time
-import scaling.ingest as ingest_module
+import scaling.data.ingest as ingest_module
 
 marker, out, *files = sys.argv[1:]
 write = ingest_module._write_exposure
@@ -467,7 +467,8 @@ def test_swap_cut_between_renames_is_repaired(campaign):
 @pytest.mark.slow
 def test_simulated_campaign_round_trips_and_epochs_match_truth(tmp_path):
     from scaling.config import load_config
-    from scaling.simulate import load_truth, simulate
+    from scaling.data.truthfiles import load_truth
+    from scaling.simulate import simulate
 
     folder = tmp_path / "sim"
     files = simulate(load_config(REPO / "configs" / "io_test.toml"), folder, progress=False)

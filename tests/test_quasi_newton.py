@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from scaling.config import ConfigError, QuasiNewtonConfig
-from scaling.objective import loss
-from scaling.partition import make_batches
-from scaling.quasi_newton import lbfgs_refine
+from scaling.fitting.objective import loss
+from scaling.fitting.params import make_batches
+from scaling.fitting.quasi_newton import lbfgs_refine
 
-from .engine_campaign import tiny_campaign
+from .campaigns import tiny_campaign
 
 REG = {"tv": 1.0}
 

@@ -5,7 +5,7 @@ fitted from the nominal start by `scaling fit`, and the result is compared with 
 Tolerances are the acceptance criteria themselves: NCC ≥ 0.9 with the truth blurred to
 λ/B_max in every epoch; the 3 brightest visible volcanoes within 1 detector pixel of a
 recovered peak; their motion between consecutive epochs within 1 pixel of the true one;
-the aberration coefficients (canonical: no global piston or tip/tilt, see `scaling.truth`)
+the aberration coefficients (canonical: no global piston or tip/tilt, see `scaling.report.truth`)
 within 20% RMS of the injected ones; reduced chi-squared in [0.8, 1.3]. Measured (2 CPU
 cores, 300 steps of about 80 ms): NCC ≥ 0.986, volcanoes ≤ 0.43 px, motion ≤ 0.53 px,
 aberrations 8.5%, chi2 1.052.
@@ -18,7 +18,7 @@ import pytest
 from scaling.config import load_config
 from scaling.fit import fit_campaign
 
-from .campaign_files import simulated_campaign
+from .campaigns import simulated_campaign
 
 pytestmark = pytest.mark.slow
 

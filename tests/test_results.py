@@ -14,10 +14,10 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-import scaling.results as results_module
-from scaling._zarr import StoreError
-from scaling.export import add_export_parser, export_fits
-from scaling.results import EpochImage, Results
+import scaling.data.results as results_module
+from scaling.data._zarr import StoreError
+from scaling.data.export import add_export_parser, export_fits
+from scaling.data.results import EpochImage, Results
 
 
 def _params(scale: float = 1.0) -> dict:

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 import scaling.simulate as sim
-from model import ami_model, make_spec
+from model import make_spec
 from model.constants import IO_ROTATION_PERIOD_H
 from model.scenes import IoScene, spot_geometry
 from scaling.config import load_config, parse_config
-from scaling.fitsio import read_exposure
-from scaling.plots import plot_exposures, plot_flatfield, plot_true_images
+from scaling.data.fitsio import exposure_name, read_exposure
+from scaling.data.truthfiles import load_truth
+from scaling.report.plots import plot_exposures, plot_flatfield, plot_true_images
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -64,7 +65,7 @@ def test_another_seed_gives_other_data(io_config, campaign, tmp_path):
 
 
 def test_truth_is_complete(io_config, campaign):
-    truth, arrays = sim.load_truth(campaign)
+    truth, arrays = load_truth(campaign)
     files = fits_files(campaign)
     ep, cal = io_config.epochs, io_config.calibrators
     nsci, ncal = ep.count * ep.exposures, cal.count
@@ -102,7 +103,7 @@ def test_truth_is_complete(io_config, campaign):
 
 
 def test_headers_agree_with_truth(campaign):
-    truth, arrays = sim.load_truth(campaign)
+    truth, arrays = load_truth(campaign)
     for name, row in truth["exposures"].items():
         record = read_exposure(campaign / row["file"])
         assert record.is_psf == (row["role"] == "calibrator")
@@ -114,7 +115,7 @@ def test_headers_agree_with_truth(campaign):
         )
         assert record.ngroups == row["ngroups"] and record.slope.shape[0] == row["ngroups"] - 1
         assert record.pupil == "NRM" and record.subarray == "SUB24"
-        assert sim.exposure_name(record.program, record.observation, record.exposure) == name
+        assert exposure_name(record.program, record.observation, record.exposure) == name
         np.testing.assert_array_equal(record.badpix, arrays["bad_pixels"])
 
 
@@ -136,7 +137,7 @@ def test_variance_is_estimated_from_the_data(io_config, campaign):
 
 
 def test_ramp_is_truncated_below_the_well_depth(io_config, campaign, tmp_path):
-    truth, _ = sim.load_truth(campaign)
+    truth, _ = load_truth(campaign)
     science = [r for r in truth["exposures"].values() if r["role"] == "science"]
     read = io_config.epochs.ngroups
     assert all(r["ngroups"] == read for r in science)  # no truncation at the default well
@@ -149,7 +150,7 @@ def test_ramp_is_truncated_below_the_well_depth(io_config, campaign, tmp_path):
         calibrators=dataclasses.replace(io_config.calibrators, log_flux=3.0),
     )
     sim.simulate(config, tmp_path / "shallow", progress=False)
-    truth, _ = sim.load_truth(tmp_path / "shallow")
+    truth, _ = load_truth(tmp_path / "shallow")
     for row in truth["exposures"].values():
         assert row["peak_charge"] < well
         record = read_exposure(tmp_path / "shallow" / row["file"])
@@ -160,9 +161,8 @@ def test_ramp_is_truncated_below_the_well_depth(io_config, campaign, tmp_path):
 
 def test_truncating_a_ramp_equals_reading_fewer_groups(io_config, campaign):
     """The simulator drops a ramp's later groups: that must equal a shorter ramp."""
-    ins = io_config.instrument
-    m = ami_model(ins.npix, ins.oversample, ins.pupil_npix, ins.nwavels, ins.n_hole_zernikes)
-    _, arrays = sim.load_truth(campaign)
+    m = io_config.instrument.build(io_config.filters)
+    _, arrays = load_truth(campaign)
     params = {
         **{k: jnp.asarray(arrays[k]) for k in ("flat", "ipc", "bfe", "nonlinearity")},
         "dark": jnp.asarray(1.0),
@@ -221,7 +221,7 @@ def test_replaces_a_previous_simulation_only(io_config, campaign, tmp_path):
 
 
 def test_flatfield_workload(field_campaign):
-    truth, arrays = sim.load_truth(field_campaign)
+    truth, arrays = load_truth(field_campaign)
     config = parse_config(truth["config"])
     records = [read_exposure(f) for f in fits_files(field_campaign)]
     assert len(records) == len(config.dithers) == len(arrays["dithers"])

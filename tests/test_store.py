@@ -17,14 +17,14 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from model import ami_model, nominal_detector
-from scaling._zarr import StoreError
-from scaling.fit import load_observations
-from scaling.fitsio import read_exposure
-from scaling.ingest import ingest
-from scaling.objective import loss
-from scaling.partition import make_batches
-from scaling.store import ARRAYS, Campaign
-from tests.campaign_files import NPIX, T0, make_record, records_equal, write, write_campaign
+from scaling.data._zarr import StoreError
+from scaling.data.fitsio import read_exposure
+from scaling.data.ingest import ingest
+from scaling.data.store import ARRAYS, Campaign
+from scaling.fitting.objective import loss
+from scaling.fitting.params import make_batches
+from scaling.fitting.start import load_observations
+from tests.campaigns import RECORD_NPIX, T0, make_record, records_equal, write, write_campaign
 from tests.test_ingest import with_nonfinite_masked
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def test_a_store_naming_a_pickle_codec_is_refused_unread(tmp_path):
 def _params(model, nexposures: int, nepochs: int) -> dict:
     """Nominal detector, small aberrations, flat 5×5 images, centred sources."""
     nterms = model.optics.pupil.basis.shape[0]
-    shared = nominal_detector(NPIX) | {"jitter": jnp.asarray(0.1)}
+    shared = nominal_detector(RECORD_NPIX) | {"jitter": jnp.asarray(0.1)}
     shared["aberrations"] = {"F430M": 5.0 * jnp.arange(nterms, dtype=float) / nterms}
     exposure = {
         "position": jnp.zeros((nexposures, 2)),
@@ -233,7 +233,7 @@ def test_masked_nan_pixels_give_a_finite_loss_and_gradient(tmp_path):
     names, epochs = list(campaign.names), list(campaign.epochs)
     observations = load_observations(campaign, names)
     assert all(np.isnan(o.slopes[:, 0, 0]).all() and o.bad[0, 0] for o in observations)
-    model = ami_model(NPIX, 2, 32, 1, 1, ("F430M",))
+    model = ami_model(RECORD_NPIX, 2, 32, 1, 1, ("F430M",))
     params = _params(model, len(names), len(epochs))
     value_and_grad = eqx.filter_jit(
         jax.value_and_grad(lambda p, batches: loss(model, p, batches, {"tsv": 1.0}))

@@ -3,7 +3,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from scaling.tracking import fit_run, flatten
+from scaling.report.tracking import fit_run, flatten
 
 
 @pytest.fixture

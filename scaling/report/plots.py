@@ -11,8 +11,8 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from scaling.fitsio import read_exposure
-from scaling.simulate import load_truth
+from scaling.data.fitsio import read_exposure
+from scaling.data.truthfiles import load_truth
 
 CMAP = "inferno"
 MAX_PANELS = 8

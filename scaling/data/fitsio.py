@@ -14,7 +14,7 @@ back to (EXPSTART + EXPEND) / 2.
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +63,9 @@ DO_NOT_USE = 1
 """JWST data-quality bit of a pixel that must not be used."""
 
 
-@dataclass(frozen=True, eq=False)
-class ExposureRecord:
-    """Metadata and data of one exposure.
+@dataclass(frozen=True)
+class ExposureMeta:
+    """What the header says of one exposure.
 
     Attributes:
         filter: filter name, e.g. 'F430M'.
@@ -80,9 +80,6 @@ class ExposureRecord:
         subarray: subarray name, e.g. 'SUB80'.
         program, observation, visit, exposure: JWST-style ids.
         dither_x, dither_y: known pointing offset, arcsec.
-        slope: (ngroups-1, ny, nx) slopes, electrons per group, float64.
-        variance: (ngroups-1, ny, nx) variance of each slope, electrons², float64.
-        badpix: (ny, nx) True where a pixel is bad.
     """
 
     filter: str
@@ -101,9 +98,30 @@ class ExposureRecord:
     exposure: int
     dither_x: float
     dither_y: float
+
+
+META_FIELDS = tuple(f.name for f in fields(ExposureMeta))
+"""The header fields every exposure has, in the store as in a file."""
+
+
+@dataclass(frozen=True, eq=False)
+class ExposureRecord(ExposureMeta):
+    """Metadata (`ExposureMeta`) and data of one exposure.
+
+    Attributes:
+        slope: (ngroups-1, ny, nx) slopes, electrons per group, float64.
+        variance: (ngroups-1, ny, nx) variance of each slope, electrons², float64.
+        badpix: (ny, nx) True where a pixel is bad.
+    """
+
     slope: NDArray[np.float64]
     variance: NDArray[np.float64]
     badpix: NDArray[np.bool_]
+
+
+def exposure_name(program: int, observation: int, exposure: int, visit: int = 1) -> str:
+    """JWST-style exposure id, e.g. 'jw01373001001_01101_00001_nis'."""
+    return f"jw{program:05d}{observation:03d}{visit:03d}_01101_{exposure:05d}_nis"
 
 
 def write_exposure(path: str | os.PathLike, record: ExposureRecord) -> None:

@@ -3,110 +3,17 @@
 import os
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import numpy as np
 from matplotlib.animation import PillowWriter
 from matplotlib.figure import Figure
-from scipy.ndimage import gaussian_filter, maximum_filter
 
 from model import ExposureModel
-from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT
-from model.likelihood import whitened_residuals
-from model.pupil import NM
+from model.constants import NM
 from model.source import normalise_log_image
-from scaling.partition import Observation, exposure_params, make_batches
-from scaling.plots import _cmap, _figure, _spread
-from scaling.simulate import load_truth
-
-FWHM_PER_SIGMA = 2 * np.sqrt(2 * np.log(2))
-
-
-def resolution_arcsec(wavelength: float) -> float:
-    """λ / B_max of the mask (longest centre-to-centre baseline plus a hole), arcsec."""
-    d = HOLE_CENTRES[:, None, :] - HOLE_CENTRES[None, :, :]
-    longest = np.max(np.hypot(d[..., 0], d[..., 1])) + HOLE_FLAT_TO_FLAT
-    return wavelength / longest / ARCSEC
-
-
-def blur(image: np.ndarray, pixel_scale: float, fwhm_arcsec: float) -> np.ndarray:
-    """Gaussian blur to a FWHM in arcsec (flux preserving)."""
-    return gaussian_filter(image, fwhm_arcsec / pixel_scale / FWHM_PER_SIGMA, mode="constant")
-
-
-def centre_crop(image: np.ndarray, n: int) -> np.ndarray:
-    """Central n×n part of an odd-sided image (zero-padded if smaller)."""
-    m = image.shape[-1]
-    if m < n:
-        pad = (n - m) // 2
-        return np.pad(image, pad)
-    start = (m - n) // 2
-    return image[start : start + n, start : start + n]
-
-
-def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalised cross-correlation (Pearson) of two images of the same shape."""
-    a, b = a - a.mean(), b - b.mean()
-    return float(np.sum(a * b) / np.sqrt(np.sum(a**2) * np.sum(b**2)))
-
-
-def compare_with_truth(
-    images: np.ndarray, truth_images: np.ndarray, pixel_scale: float, wavelength: float
-) -> list[float]:
-    """NCC of each recovered epoch image with its truth blurred to λ / B_max."""
-    fwhm = resolution_arcsec(wavelength)
-    n = images.shape[-1]
-    return [
-        ncc(blur(im, pixel_scale, fwhm), centre_crop(blur(t, pixel_scale, fwhm), n))
-        for im, t in zip(images, truth_images, strict=True)
-    ]
-
-
-def peaks(image: np.ndarray, pixel_scale: float, count: int = 8) -> np.ndarray:
-    """(count, 2) (x, y) arcsec of the strongest compact peaks (local maxima of the image
-    minus its 3-pixel Gaussian blur), strongest first; origin at the image centre."""
-    detail = image - gaussian_filter(image, 3.0)
-    local = (detail == maximum_filter(detail, size=5)) & (detail > 0)
-    rows, cols = np.nonzero(local)
-    order = np.argsort(detail[rows, cols])[::-1][:count]
-    centre = (image.shape[-1] - 1) / 2
-    return np.stack([cols[order] - centre, rows[order] - centre], axis=-1) * pixel_scale
-
-
-def volcano_offsets(
-    image: np.ndarray, spot_xy: np.ndarray, weight: np.ndarray, pixel_scale: float, k: int = 3
-) -> np.ndarray:
-    """Distance (arcsec) from each of the `k` brightest visible true spots (by `weight`,
-    e.g. brightness × visibility; spots of weight 0 are hidden) to the nearest recovered
-    peak (inf when the image has no peak). Fewer than `k` values when fewer are visible."""
-    found = peaks(image, pixel_scale)
-    order = [i for i in np.argsort(weight)[::-1][:k] if weight[i] > 0]
-    brightest = spot_xy[order]
-    if len(found) == 0:
-        return np.full(len(brightest), np.inf)
-    d = np.hypot(*(brightest[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
-    return d.min(axis=1)
-
-
-@eqx.filter_jit
-def _whitened(model: ExposureModel, params: dict, batch):
-    def one(i_exp, i_epoch, spec, slopes):
-        p = exposure_params(params, batch, i_exp, i_epoch)
-        y, _ = whitened_residuals(slopes, model.slopes(p, spec), p["read_noise"], spec.nints)
-        return y
-
-    return jax.vmap(one)(batch.exposure_index, batch.epoch_index, batch.spec, batch.slopes)
-
-
-def residual_maps(model: ExposureModel, params: dict, observations: list[Observation], epochs):
-    """{exposure name: (p, p) mean whitened residual over slopes, NaN on bad pixels}."""
-    names = [o.name for o in observations]
-    out = {}
-    for batch in make_batches(observations, names, epochs):
-        y = np.asarray(_whitened(model, params, batch)).mean(axis=1)
-        for k, i in enumerate(np.asarray(batch.exposure_index)):
-            out[names[i]] = np.where(np.asarray(batch.bad[k]), np.nan, y[k])
-    return out
+from scaling.data.truthfiles import load_truth
+from scaling.report.plots import _cmap, _figure, _spread
+from scaling.report.truth import blur, centre_crop, resolution_arcsec
 
 
 def _extent(n: int, pixel_scale: float) -> list[float]:

@@ -1,12 +1,13 @@
-"""Parameter roles and batches of exposures that share a shape.
+"""The parameter tree, and batches of exposures that share a shape.
 
 A campaign's parameters form one pytree with three parts:
 
-    {"shared":   {name: array, "aberrations": {filter: array}},   # one copy
+    {"shared":   {name: array, per-filter name: {filter: array}},  # one copy
      "epoch":    {"log_image": (nepochs, n, n)},                  # one per epoch
      "exposure": {name: (nexposures, ...)}}                       # one per exposure
 
-The role of every name is explicit (`ROLES`); the engine never infers sharing from keys.
+The role of every name is explicit (`scaling.config.roles.ROLES`); the engine never infers
+sharing from keys.
 """
 
 from dataclasses import dataclass
@@ -18,24 +19,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from model import ExposureSpec
-
-ROLES = {
-    "aberrations": "shared",
-    "flat": "shared",
-    "ipc": "shared",
-    "bfe": "shared",
-    "nonlinearity": "shared",
-    "dark": "shared",
-    "jitter": "shared",
-    "read_noise": "shared",
-    "log_image": "epoch",
-    "position": "exposure",
-    "log_flux": "exposure",
-    "spectral_slope": "exposure",
-    "positions": "exposure",
-    "log_fluxes": "exposure",
-}
-"""Role of every fitted parameter name: shared, per epoch, or per exposure."""
+from scaling.config.roles import ROLES
 
 
 @dataclass(frozen=True)
@@ -117,12 +101,30 @@ def make_batches(
 
 def exposure_params(params: dict, batch: Batch, i_exposure, i_epoch) -> dict:
     """The flat parameter dict of one exposure of `batch` (what `model` consumes)."""
-    shared = params["shared"]
-    p = {k: v for k, v in shared.items() if k != "aberrations"}
-    p["aberrations"] = shared["aberrations"][batch.filter]
+    return select(params, batch.filter, i_exposure, i_epoch if batch.resolved else None)
+
+
+def over_exposures(fn, batch: Batch, trees: tuple[dict, ...], *arrays):
+    """`jax.vmap` of `fn(*params, spec, *rows)` over the exposures of `batch`.
+
+    `params` holds one exposure's flat parameter dict from each tree of `trees` (the fit's
+    parameters, and e.g. a reference point); `rows` are that exposure's rows of `arrays`
+    (each with the batch axis first).
+    """
+
+    def one(i_exp, i_epoch, spec, *rows):
+        return fn(*(exposure_params(t, batch, i_exp, i_epoch) for t in trees), spec, *rows)
+
+    return jax.vmap(one)(batch.exposure_index, batch.epoch_index, batch.spec, *arrays)
+
+
+def select(params: dict, filt: str, i_exposure, i_epoch=None) -> dict:
+    """One exposure's flat parameter dict: shared values (this filter's where per filter),
+    its row of the exposure parameters and, with `i_epoch`, its epoch's row."""
+    p = {k: v[filt] if ROLES[k].per_filter else v for k, v in params["shared"].items()}
     p.update({k: v[i_exposure] for k, v in params["exposure"].items()})
-    if batch.resolved:
-        p["log_image"] = params["epoch"]["log_image"][i_epoch]
+    if i_epoch is not None:
+        p.update({k: v[i_epoch] for k, v in params["epoch"].items()})
     return p
 
 

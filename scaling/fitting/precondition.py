@@ -14,7 +14,7 @@ import numpy as np
 
 from model import ExposureModel
 from model.likelihood import whitened_residuals
-from scaling.partition import Batch, exposure_params
+from scaling.fitting.params import Batch, over_exposures
 
 PRECONDITIONED = (
     "position",
@@ -30,16 +30,13 @@ PRECONDITIONED = (
 def _whitened_model(model: ExposureModel, params: dict, reference: dict, batch: Batch):
     """(b, s, p, p) L⁻¹ μ(params) with L from the model at `reference`; 0 on bad pixels."""
 
-    def one(i_exp, i_epoch, spec, bad):
-        p = exposure_params(params, batch, i_exp, i_epoch)
-        p0 = exposure_params(reference, batch, i_exp, i_epoch)
+    def one(p, p0, spec, bad):
         mu0 = jax.lax.stop_gradient(model.slopes(p0, spec))
         y, _ = whitened_residuals(model.slopes(p, spec), mu0, p0["read_noise"], spec.nints)
         return jnp.where(bad, 0.0, y)
 
-    return batch.weight[:, None, None, None] * jax.vmap(one)(
-        batch.exposure_index, batch.epoch_index, batch.spec, batch.bad
-    )
+    whitened = over_exposures(one, batch, (params, reference), batch.bad)
+    return batch.weight[:, None, None, None] * whitened
 
 
 @eqx.filter_jit
@@ -85,7 +82,7 @@ def fisher_diagonal(
                 for j, per, tangent in _basis(params, part, name, filt):
                     col = jnp.zeros(target.shape[0] if part == "exposure" else ())
                     for b in batches:
-                        if part == "shared" and name == "aberrations" and b.filter != filt:
+                        if filt is not None and b.filter != filt:
                             continue
                         per_exp = _squared_column(model, params, tangent, b)
                         if part == "exposure":

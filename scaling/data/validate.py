@@ -1,6 +1,6 @@
 """Thorough checks of one exposure file before it enters a campaign store.
 
-`scaling.fitsio.read_exposure` parses the file (keywords, extensions, shapes); this module
+`scaling.data.fitsio.read_exposure` parses the file (keywords, extensions, shapes); this module
 adds what a fit needs to be true of the values, and turns every failure into an
 `IngestError` whose message starts with the file and names the field as the file spells
 it (e.g. SCI or SLOPE, PA_V3 or ROLL_REF):
@@ -21,7 +21,7 @@ import numpy as np
 from astropy.io import fits
 
 from model.constants import FILTERS
-from scaling.fitsio import ExposureRecord, read_exposure_with_names
+from scaling.data.fitsio import ExposureRecord, read_exposure_with_names
 
 _COORDINATES = {"TARG_RA": "target_ra", "TARG_DEC": "target_dec"}
 """Optional primary-header keywords (JWST names, degrees) kept for the WCS of exports."""

@@ -9,18 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from model import ExposureModel
-from scaling.objective import regulariser_terms
-from scaling.partition import Observation
+from scaling.fitting.objective import regulariser_terms
+from scaling.fitting.params import Observation, select
 
 
 def _exposure_loss(model, params, i_exp, i_epoch, filt, spec, slopes, bad, diagonal):
-    shared = params["shared"]
-    p = {k: v for k, v in shared.items() if k != "aberrations"}
-    p["aberrations"] = shared["aberrations"][filt]
-    p.update({k: v[i_exp] for k, v in params["exposure"].items()})
-    if i_epoch is not None:
-        p["log_image"] = params["epoch"]["log_image"][i_epoch]
-    return model.nll(p, spec, slopes, bad, diagonal)
+    return model.nll(select(params, filt, i_exp, i_epoch), spec, slopes, bad, diagonal)
 
 
 _value_and_grad = eqx.filter_jit(jax.value_and_grad(_exposure_loss, argnums=1))

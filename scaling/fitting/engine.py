@@ -1,4 +1,4 @@
-"""The fitting step, split the way the cluster runs it, and the single-process loop.
+"""The fitting step, split the way the cluster runs it.
 
 A step has two halves that the single process and the Ray cluster share:
 
@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from model import ExposureModel
-from scaling.objective import loss_terms
-from scaling.optimisers import OptimiserSpec, build_optimiser
-from scaling.partition import Batch
-from scaling.precondition import fisher_diagonal
+from scaling.config import OptimiserConfig
+from scaling.fitting.objective import loss_terms
+from scaling.fitting.optimisers import build_optimiser
+from scaling.fitting.params import Batch
+from scaling.fitting.precondition import fisher_diagonal
 
 LOCAL = ("epoch", "exposure")
 
@@ -72,7 +72,7 @@ class FitSettings:
     """Settings of a fit.
 
     Attributes:
-        optimisers: parameter name → OptimiserSpec (names not given are frozen).
+        optimisers: parameter name → OptimiserConfig (names not given are frozen).
         reg_weights: regulariser name → weight, applied once per epoch image.
         diagonal: use the diagonal-only slope covariance in the likelihood.
         grad_hook: optional pure function (grads, params) → grads, after preconditioning.
@@ -81,7 +81,7 @@ class FitSettings:
         param_hook: optional pure function params → params after each update (same parts).
     """
 
-    optimisers: dict[str, OptimiserSpec]
+    optimisers: dict[str, OptimiserConfig]
     reg_weights: dict[str, float] = field(default_factory=dict)
     diagonal: bool = False
     grad_hook: Callable | None = None
@@ -236,30 +236,3 @@ class FitResult:
     state: tuple
     history: dict[str, np.ndarray]
     step: int
-
-
-def run(
-    fitter: Fitter,
-    params: dict,
-    batches: list[Batch],
-    steps: int,
-    state: tuple | None = None,
-    start_step: int = 0,
-    progress: bool = True,
-    callback: Callable | None = None,
-) -> FitResult:
-    """Run `steps` steps from `start_step`; `callback(step, params, state, terms)` after each."""
-    shared, local = split(params)
-    params = join(shared, renormalise_images(local))
-    state = fitter.init(params) if state is None else state
-    history: dict[str, list[float]] = {}
-    bar = tqdm(range(start_step, start_step + steps), disable=not progress, desc="fit")
-    for step in bar:
-        params, state, terms = fitter.step(params, state, batches)
-        for k, v in terms.items():
-            history.setdefault(k, []).append(v)
-        bar.set_postfix(loss=f"{terms['total']:.6g}")
-        if callback is not None:
-            callback(step + 1, params, state, terms)
-    hist = {k: np.asarray(v) for k, v in history.items()}
-    return FitResult(params, state, hist, start_step + steps)

@@ -1,6 +1,6 @@
 """The campaign store: every exposure of a campaign in one Zarr v3 hierarchy.
 
-Layout (written by `scaling.ingest`):
+Layout (written by `scaling.data.ingest`):
 
     zarr.json                    root group; consolidated metadata of everything below
         attributes: kind = "ami-campaign", schema_version, exposures (the committed
@@ -26,8 +26,8 @@ from typing import Any
 
 import zarr
 
-from scaling._zarr import Location, StoreError, as_store, describe, local_path, open_root
-from scaling.fitsio import ExposureRecord
+from scaling.data._zarr import Location, StoreError, as_store, describe, local_path, open_root
+from scaling.data.fitsio import META_FIELDS, ExposureMeta, ExposureRecord
 
 KIND = "ami-campaign"
 SCHEMA_VERSION = 1
@@ -36,8 +36,6 @@ SCHEMA_VERSION = 1
 ARRAYS = ("slope", "variance", "badpix")
 """The arrays of each exposure group; their names are the `ExposureRecord` fields."""
 
-RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ExposureRecord) if f.name not in ARRAYS)
-"""Metadata fields of an `ExposureRecord`, stored as exposure attributes."""
 
 ROLES = ("science", "calibrator")
 
@@ -48,8 +46,9 @@ def previous_store(path: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class ExposureInfo:
-    """What the store knows of an exposure without reading its arrays.
+class ExposureInfo(ExposureMeta):
+    """What the store knows of an exposure without reading its arrays: its header
+    (`ExposureMeta`: expmid MJD, roll degrees, group_time seconds, dither arcsec) and
 
     Attributes:
         name: exposure id, e.g. 'jw01373001001_01101_00001_nis'.
@@ -58,29 +57,11 @@ class ExposureInfo:
         shape: (ngroups-1, ny, nx) of its slopes.
         source_file: file name it was ingested from; sha256: that file's hex digest.
         target_ra, target_dec: target coordinates from the header, degrees, or None.
-        The other fields are those of `scaling.fitsio.ExposureRecord` (expmid MJD, roll
-        degrees, group_time seconds, dither arcsec).
     """
 
     name: str
     epoch: str | None
     role: str
-    filter: str
-    pupil: str
-    target: str
-    is_psf: bool
-    expmid: float
-    roll: float
-    nints: int
-    ngroups: int
-    group_time: float
-    subarray: str
-    program: int
-    observation: int
-    visit: int
-    exposure: int
-    dither_x: float
-    dither_y: float
     shape: tuple[int, int, int]
     source_file: str
     sha256: str
@@ -108,6 +89,11 @@ class Shard:
     exposures: tuple[str, ...]
     epochs: tuple[str, ...]
     cost: int
+
+    @property
+    def name(self) -> str:
+        """'shard_003' for index 3: the name of its part of a checkpoint."""
+        return f"shard_{self.index:03d}"
 
 
 class Campaign:
@@ -232,7 +218,7 @@ class Campaign:
             info = self.info(name)
             group = f"exposures/{name}"
             arrays = {a: self._root[f"{group}/{a}"][...] for a in ARRAYS}
-            meta = {f: getattr(info, f) for f in RECORD_FIELDS}
+            meta = {f: getattr(info, f) for f in META_FIELDS}
             records[name] = ExposureRecord(**meta, **arrays)
         return records
 

@@ -12,8 +12,8 @@ import jax
 import optax
 
 from model import ExposureModel
-from scaling.objective import loss
-from scaling.partition import Batch, parameter_labels
+from scaling.fitting.objective import loss
+from scaling.fitting.params import Batch, parameter_labels
 
 
 def subset_mask(params: dict, names) -> dict:

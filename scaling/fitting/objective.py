@@ -9,24 +9,24 @@ given by name (see `model.regularisers.REGULARISERS`).
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from model import ExposureModel
+from model.likelihood import whitened_residuals
 from model.regularisers import regularisation
 from model.source import normalise_log_image
-from scaling.partition import Batch, exposure_params
+from scaling.fitting.params import Batch, Observation, make_batches, over_exposures
 
 
 def batch_nll(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
     """(b,) negative log-likelihood of every exposure in `batch` (0 for padding)."""
-
-    def one(i_exp, i_epoch, spec, slopes, bad):
-        return model.nll(
-            exposure_params(params, batch, i_exp, i_epoch), spec, slopes, bad, diagonal
-        )
-
-    nll = jax.vmap(one)(
-        batch.exposure_index, batch.epoch_index, batch.spec, batch.slopes, batch.bad
+    nll = over_exposures(
+        lambda p, spec, slopes, bad: model.nll(p, spec, slopes, bad, diagonal),
+        batch,
+        (params,),
+        batch.slopes,
+        batch.bad,
     )
     return batch.weight * nll
 
@@ -59,13 +59,12 @@ def loss(model, params, batches, reg_weights, diagonal: bool = False) -> Float[A
 
 def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
     """((b,) χ², (b,) measurement counts) of every exposure in `batch` (0 for padding)."""
-
-    def one(i_exp, i_epoch, spec, slopes, bad):
-        p = exposure_params(params, batch, i_exp, i_epoch)
-        return model.chi_squared(p, spec, slopes, bad, diagonal)
-
-    chi2, count = jax.vmap(one)(
-        batch.exposure_index, batch.epoch_index, batch.spec, batch.slopes, batch.bad
+    chi2, count = over_exposures(
+        lambda p, spec, slopes, bad: model.chi_squared(p, spec, slopes, bad, diagonal),
+        batch,
+        (params,),
+        batch.slopes,
+        batch.bad,
     )
     return batch.weight * chi2, batch.weight * count
 
@@ -81,3 +80,24 @@ def reduced_chi_squared(model: ExposureModel, params: dict, batches: list[Batch]
     """Σ χ² / Σ measurements over all batches."""
     chi2, count = chi_squared_sums(model, params, batches)
     return chi2 / count
+
+
+@eqx.filter_jit
+def _whitened(model: ExposureModel, params: dict, batch: Batch):
+    """(b, s, p, p) whitened residuals (data − model) of every exposure in `batch`."""
+
+    def one(p, spec, slopes):
+        return whitened_residuals(slopes, model.slopes(p, spec), p["read_noise"], spec.nints)[0]
+
+    return over_exposures(one, batch, (params,), batch.slopes)
+
+
+def residual_maps(model: ExposureModel, params: dict, observations: list[Observation], epochs):
+    """{exposure name: (p, p) mean whitened residual over slopes, NaN on bad pixels}."""
+    names = [o.name for o in observations]
+    out = {}
+    for batch in make_batches(observations, names, epochs):
+        y = np.asarray(_whitened(model, params, batch)).mean(axis=1)
+        for k, i in enumerate(np.asarray(batch.exposure_index)):
+            out[names[i]] = np.where(np.asarray(batch.bad[k]), np.nan, y[k])
+    return out

@@ -19,11 +19,80 @@ Metrics (E an epoch name, F a filter):
 
 import jax
 import numpy as np
+from scipy.ndimage import gaussian_filter, maximum_filter
 
-from model.pupil import NM
+from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT, NM
 from model.source import normalise_log_image
-from scaling.fit_plots import compare_with_truth, peaks, volcano_offsets
-from scaling.simulate import load_truth
+from scaling.data.truthfiles import load_truth
+
+FWHM_PER_SIGMA = 2 * np.sqrt(2 * np.log(2))
+
+
+def resolution_arcsec(wavelength: float) -> float:
+    """λ / B_max of the mask (longest centre-to-centre baseline plus a hole), arcsec."""
+    d = HOLE_CENTRES[:, None, :] - HOLE_CENTRES[None, :, :]
+    longest = np.max(np.hypot(d[..., 0], d[..., 1])) + HOLE_FLAT_TO_FLAT
+    return wavelength / longest / ARCSEC
+
+
+def blur(image: np.ndarray, pixel_scale: float, fwhm_arcsec: float) -> np.ndarray:
+    """Gaussian blur to a FWHM in arcsec (flux preserving)."""
+    return gaussian_filter(image, fwhm_arcsec / pixel_scale / FWHM_PER_SIGMA, mode="constant")
+
+
+def centre_crop(image: np.ndarray, n: int) -> np.ndarray:
+    """Central n×n part of an odd-sided image (zero-padded if smaller)."""
+    m = image.shape[-1]
+    if m < n:
+        pad = (n - m) // 2
+        return np.pad(image, pad)
+    start = (m - n) // 2
+    return image[start : start + n, start : start + n]
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation (Pearson) of two images of the same shape."""
+    a, b = a - a.mean(), b - b.mean()
+    return float(np.sum(a * b) / np.sqrt(np.sum(a**2) * np.sum(b**2)))
+
+
+def compare_with_truth(
+    images: np.ndarray, truth_images: np.ndarray, pixel_scale: float, wavelength: float
+) -> list[float]:
+    """NCC of each recovered epoch image with its truth blurred to λ / B_max."""
+    fwhm = resolution_arcsec(wavelength)
+    n = images.shape[-1]
+    return [
+        ncc(blur(im, pixel_scale, fwhm), centre_crop(blur(t, pixel_scale, fwhm), n))
+        for im, t in zip(images, truth_images, strict=True)
+    ]
+
+
+def peaks(image: np.ndarray, pixel_scale: float, count: int = 8) -> np.ndarray:
+    """(count, 2) (x, y) arcsec of the strongest compact peaks (local maxima of the image
+    minus its 3-pixel Gaussian blur), strongest first; origin at the image centre."""
+    detail = image - gaussian_filter(image, 3.0)
+    local = (detail == maximum_filter(detail, size=5)) & (detail > 0)
+    rows, cols = np.nonzero(local)
+    order = np.argsort(detail[rows, cols])[::-1][:count]
+    centre = (image.shape[-1] - 1) / 2
+    return np.stack([cols[order] - centre, rows[order] - centre], axis=-1) * pixel_scale
+
+
+def volcano_offsets(
+    image: np.ndarray, spot_xy: np.ndarray, weight: np.ndarray, pixel_scale: float, k: int = 3
+) -> np.ndarray:
+    """Distance (arcsec) from each of the `k` brightest visible true spots (by `weight`,
+    e.g. brightness × visibility; spots of weight 0 are hidden) to the nearest recovered
+    peak (inf when the image has no peak). Fewer than `k` values when fewer are visible."""
+    found = peaks(image, pixel_scale)
+    order = [i for i in np.argsort(weight)[::-1][:k] if weight[i] > 0]
+    brightest = spot_xy[order]
+    if len(found) == 0:
+        return np.full(len(brightest), np.inf)
+    d = np.hypot(*(brightest[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
+    return d.min(axis=1)
+
 
 BRIGHTEST = 3
 """How many of the brightest visible volcanoes each volcano metric uses."""

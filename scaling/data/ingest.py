@@ -1,9 +1,9 @@
-"""FITS exposures → a campaign store (`scaling.store`), checked, appended, atomic.
+"""FITS exposures → a campaign store (`scaling.data.store`), checked, appended, atomic.
 
-Each file is read with `scaling.fitsio.read_exposure` (keywords FILTER, PUPIL, TARGPROP,
+Each file is read with `scaling.data.fitsio.read_exposure` (keywords FILTER, PUPIL, TARGPROP,
 IS_PSF, EXPMID, ROLL_REF, NINTS, NGROUPS, TGROUP, SUBARRAY, PROGRAM, OBSERVTN, VISIT,
 EXPOSURE, optional DITHX/DITHY, TARG_RA/TARG_DEC; image extensions SLOPE, VARIANCE,
-BADPIX; or their JWST names, see there) and checked by `scaling.validate`. A file
+BADPIX; or their JWST names, see there) and checked by `scaling.data.validate`. A file
 whose SHA-256 is already in the store is skipped, so ingesting again is a no-op and new
 files append.
 
@@ -39,18 +39,17 @@ from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from scaling._zarr import Location, StoreError, as_store, consolidate, describe, local_path
-from scaling.simulate import exposure_name
-from scaling.store import (
+from scaling.data._zarr import Location, StoreError, as_store, consolidate, describe, local_path
+from scaling.data.fitsio import META_FIELDS, exposure_name
+from scaling.data.store import (
     ARRAYS,
     KIND,
-    RECORD_FIELDS,
     SCHEMA_VERSION,
     Campaign,
     ExposureInfo,
     previous_store,
 )
-from scaling.validate import CheckedExposure, IngestError, check_exposure, file_sha256
+from scaling.data.validate import CheckedExposure, IngestError, check_exposure, file_sha256
 
 DEFAULT_WINDOW_HOURS = 1.0
 """Default epoch window: Io turns ~8.5° in an hour (rotation period 42.46 h)."""
@@ -341,7 +340,7 @@ class _Transaction:
 def _write_exposure(store: zarr.abc.store.Store, name: str, checked: CheckedExposure) -> None:
     """One exposure group: its metadata as attributes, each array as one Zstd chunk."""
     record = checked.record
-    attributes = {f: getattr(record, f) for f in RECORD_FIELDS}
+    attributes = {f: getattr(record, f) for f in META_FIELDS}
     attributes |= {
         "role": "calibrator" if record.is_psf else "science",
         "source_file": checked.path.name,
@@ -367,7 +366,7 @@ def _new_info(checked: CheckedExposure) -> ExposureInfo:
         sha256=checked.sha256,
         target_ra=checked.target_ra,
         target_dec=checked.target_dec,
-        **{f: getattr(r, f) for f in RECORD_FIELDS},
+        **{f: getattr(r, f) for f in META_FIELDS},
     )
 
 

@@ -1,6 +1,6 @@
 """The results store of one fit: images, parameters, loss history and checkpoints.
 
-Layout (Zarr v3; a local path, an fsspec URL or a Store, see `scaling._zarr`):
+Layout (Zarr v3; a local path, an fsspec URL or a Store, see `scaling.data._zarr`):
 
     zarr.json   attributes: kind = "ami-results", schema_version,
                 latest = group of the latest save (or null),
@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
 
-from scaling._zarr import Location, StoreError, as_store, describe, local_path, open_root
+from scaling.data._zarr import Location, StoreError, as_store, describe, local_path, open_root
 
 KIND = "ami-results"
 SCHEMA_VERSION = 1

@@ -22,8 +22,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from scaling._zarr import Location, StoreError
-from scaling.results import EpochImage, Results
+from scaling.data._zarr import Location, StoreError
+from scaling.data.results import EpochImage, Results
 
 
 def celestial_wcs(image: EpochImage) -> WCS:

@@ -1,0 +1,51 @@
+"""Run and simulation configs: TOML files validated into frozen, typed dataclasses.
+
+`checks` (errors and value checks), `simulation` (the Io campaign and the star field),
+`fitting` (a fit and where it runs) and `load` (kinds, parsing, loading, writing back).
+"""
+
+from scaling.config.checks import ConfigError
+from scaling.config.fitting import (
+    ClusterConfig,
+    FitConfig,
+    OptimiserConfig,
+    QuasiNewtonConfig,
+    TrackingConfig,
+)
+from scaling.config.load import KINDS, Config, config_to_dict, load_config, parse_config
+from scaling.config.simulation import (
+    CalibratorsConfig,
+    CampaignConfig,
+    EpochsConfig,
+    FieldInstrumentConfig,
+    FlatFieldConfig,
+    InstrumentConfig,
+    IoConfig,
+    StarFieldConfig,
+    TruthConfig,
+    VolcanoConfig,
+)
+
+__all__ = [
+    "KINDS",
+    "CalibratorsConfig",
+    "CampaignConfig",
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "EpochsConfig",
+    "FieldInstrumentConfig",
+    "FitConfig",
+    "FlatFieldConfig",
+    "InstrumentConfig",
+    "IoConfig",
+    "OptimiserConfig",
+    "QuasiNewtonConfig",
+    "StarFieldConfig",
+    "TrackingConfig",
+    "TruthConfig",
+    "VolcanoConfig",
+    "config_to_dict",
+    "load_config",
+    "parse_config",
+]

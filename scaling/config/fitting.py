@@ -1,0 +1,158 @@
+"""Fit configs: what `scaling fit` reads (`FitConfig`) and its parts."""
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import optax
+
+from model.regularisers import REGULARISERS
+from scaling.config.checks import non_negative, positive_ints, require
+from scaling.config.roles import ROLES
+from scaling.config.simulation import InstrumentConfig
+
+# --- a fit ----------------------------------------------------------------------------
+
+
+OPTIMISERS = (
+    "sgd", "adam", "adamw", "nadam", "radam", "adamax", "adabelief", "amsgrad", "lion",
+    "rmsprop", "adagrad", "yogi", "novograd", "lamb", "lars",
+)  # fmt: skip
+"""optax optimisers a config may name: each takes the learning rate as its first argument."""
+
+
+@dataclass(frozen=True)
+class OptimiserConfig:
+    """How one parameter is fitted.
+
+    kind: optax optimiser name (`OPTIMISERS`); lr: learning rate (with preconditioning,
+    in units of a Gauss-Newton step); start: first step at which the parameter moves
+    (before it updates are zero and the optimiser state is left untouched);
+    precondition: divide its gradient by its Fisher information.
+    """
+
+    kind: str = "adam"
+    lr: float = 1e-2
+    start: int = 0
+    precondition: bool = False
+
+    def __post_init__(self):
+        require(self.kind in OPTIMISERS, "kind", f"one of {', '.join(OPTIMISERS)}", self.kind)
+        require(self.lr > 0, "lr", "a number > 0", self.lr)
+        require(self.start >= 0, "start", "an integer >= 0", self.start)
+
+    def transform(self) -> optax.GradientTransformation:
+        """The optax optimiser, masked until `start`."""
+        inner = getattr(optax, self.kind)(self.lr)
+        if self.start <= 0:
+            return inner
+        return optax.conditionally_mask(inner, lambda count: count >= self.start)
+
+
+def _default_optimisers() -> dict[str, OptimiserConfig]:
+    return {
+        "position": OptimiserConfig("adam", 2e-3),
+        "log_flux": OptimiserConfig("adam", 2e-3),
+        "aberrations": OptimiserConfig("adam", 1.0, 20),
+        "log_image": OptimiserConfig("adam", 0.05),
+    }
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: `uri` empty → $MLFLOW_TRACKING_URI or ./mlflow.db; run name (optional)."""
+
+    uri: str = ""
+    run_name: str = ""
+
+
+@dataclass(frozen=True)
+class QuasiNewtonConfig:
+    """Optional second stage (`scaling.fitting.quasi_newton`): `steps` L-BFGS iterations (0: none)
+    on `parameters` after the first-order steps, keeping `memory` past gradients."""
+
+    steps: int = 0
+    parameters: tuple[str, ...] = ("aberrations", "log_flux")
+    memory: int = 10
+
+    def __post_init__(self):
+        positive_ints(self, "steps", minimum=0)
+        positive_ints(self, "memory")
+        for name in self.parameters:
+            require(name in ROLES, "parameters", f"names from {sorted(ROLES)}", name)
+
+
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where a fit runs (`cluster/`).
+
+    workers: Ray shard workers (0: this process alone); address: Ray cluster to join
+    ("" starts a local one bound to 127.0.0.1; "auto" or "ray://host:port" joins);
+    cpus_per_worker, gpus_per_worker: Ray resources each worker requests (fractions
+    allowed); placement: Ray placement-group strategy of the workers; max_restarts:
+    lost workers replaced per run before it fails; compile_cache: JAX persistent
+    compilation cache folder shared by the workers ("" → ~/.cache/ami-scaling/jax on
+    each node).
+    """
+
+    workers: int = 0
+    address: str = ""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    placement: str = "SPREAD"
+    max_restarts: int = 3
+    compile_cache: str = ""
+
+    def __post_init__(self):
+        positive_ints(self, "workers", "max_restarts", minimum=0)
+        require(self.cpus_per_worker > 0, "cpus_per_worker", "a number > 0", self.cpus_per_worker)
+        non_negative(self, "gpus_per_worker")
+        require(self.placement in PLACEMENTS, "placement", f"one of {PLACEMENTS}", self.placement)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """A fit of a campaign store (`scaling fit`).
+
+    campaign: campaign store location (path or fsspec URL); results: results store
+    location; truth: optional simulation folder holding truth.json/npz to compare with;
+    steps: optimisation steps; checkpoint_every: steps between checkpoints;
+    image_npix: side of each epoch image (odd), at the oversampled PSF pixel;
+    jitter, read_noise: starting detector values (pixels, e-); diagonal: use only the
+    diagonal of the slope covariance; regularisers: name → weight per epoch image;
+    optimisers: parameter name → how it is fitted (names not listed stay fixed);
+    instrument: model sizes; cluster: where it runs (`ClusterConfig`); quasi_newton:
+    the optional L-BFGS stage (`QuasiNewtonConfig`).
+    """
+
+    KIND: ClassVar[str] = "fit"
+
+    campaign: str = "out/io_demo/campaign.zarr"
+    results: str = "out/io_demo/results.zarr"
+    truth: str = ""
+    steps: int = 100
+    checkpoint_every: int = 25
+    image_npix: int = 67
+    jitter: float = 0.1
+    read_noise: float = 10.0
+    diagonal: bool = False
+    regularisers: dict[str, float] = field(default_factory=lambda: {"tv": 1.0})
+    optimisers: dict[str, OptimiserConfig] = field(default_factory=_default_optimisers)
+    instrument: InstrumentConfig = field(default_factory=InstrumentConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    quasi_newton: QuasiNewtonConfig = field(default_factory=QuasiNewtonConfig)
+
+    def __post_init__(self):
+        positive_ints(self, "steps", "checkpoint_every")
+        require(self.image_npix % 2 == 1, "image_npix", "an odd integer", self.image_npix)
+        require(self.jitter > 0, "jitter", "pixels > 0 (0 has no gradient)", self.jitter)
+        require(self.read_noise > 0, "read_noise", "e- > 0", self.read_noise)
+        for name in self.regularisers:
+            require(
+                name in REGULARISERS, f"regularisers.{name}", f"one of {sorted(REGULARISERS)}", name
+            )
+        for name in self.optimisers:
+            require(name in ROLES, f"optimisers.{name}", f"one of {sorted(ROLES)}", name)

@@ -1,0 +1,37 @@
+"""The role of every fitted parameter: one table read by config validation and the engine.
+
+A campaign's parameters form one pytree with three parts (see `scaling.fitting.params`):
+a **shared** parameter has one copy for the whole campaign (one per filter where
+`per_filter`: a dict filter → array), an **epoch** parameter one row per epoch, an
+**exposure** parameter one row per exposure. Shapes of one exposure's values are those of
+`model.PARAMETER_UNITS`; a part stacks them along a leading axis (epochs or exposures).
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Role:
+    """part: "shared", "epoch" or "exposure"; per_filter: one value per filter (shared)."""
+
+    part: str
+    per_filter: bool = False
+
+
+ROLES: dict[str, Role] = {
+    "aberrations": Role("shared", per_filter=True),
+    "flat": Role("shared"),
+    "ipc": Role("shared"),
+    "bfe": Role("shared"),
+    "nonlinearity": Role("shared"),
+    "dark": Role("shared"),
+    "jitter": Role("shared"),
+    "read_noise": Role("shared"),
+    "log_image": Role("epoch"),
+    "position": Role("exposure"),
+    "log_flux": Role("exposure"),
+    "spectral_slope": Role("exposure"),
+    "positions": Role("exposure"),
+    "log_fluxes": Role("exposure"),
+}
+"""Role of every fitted parameter name."""

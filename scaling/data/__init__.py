@@ -1,0 +1,1 @@
+"""Campaign I/O: FITS exposures, JWST products, the Zarr campaign and results stores."""

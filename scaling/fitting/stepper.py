@@ -1,0 +1,126 @@
+"""What runs the steps of a fit: the `Stepper` protocol and its single-process `InProcess`.
+
+`scaling fit` drives a stepper; `cluster.coordinator.RayStepper` is the other one. A
+stepper's parameters are laid out as in a single process (exposures in campaign order,
+epochs sorted by name).
+"""
+
+from collections.abc import Callable
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PyTree
+
+from model import ExposureModel
+from scaling.config import FitConfig
+from scaling.data.results import Results
+from scaling.data.store import Campaign
+from scaling.fitting.engine import join, make_fitter, renormalise_images, split
+from scaling.fitting.objective import chi_squared_sums, residual_maps
+from scaling.fitting.params import make_batches
+from scaling.fitting.quasi_newton import lbfgs_refine
+from scaling.fitting.start import initial_params, load_observations, settings_from
+
+
+class WorkerLost(RuntimeError):
+    """A worker of a distributed fit died; the fit rolls back to its last checkpoint."""
+
+
+class Stepper(Protocol):
+    """What runs the steps of a fit: this process (`InProcess`) or a Ray cluster.
+
+    Parameters it returns are laid out as in a single process: exposures in campaign
+    order, epochs sorted by name.
+    """
+
+    def step(self) -> dict[str, float]:
+        """One step; the loss terms at the parameters before it (floats)."""
+
+    def checkpoint(self) -> dict[str, PyTree]:
+        """Trees of a checkpoint: every parameter and optimiser state."""
+
+    def restore(self, results: Results, step: int | None = None) -> int:
+        """Load the checkpoint at `step` (default: latest) from `results`; its step."""
+
+    def reset(self) -> None:
+        """Back to the starting parameters and fresh optimiser states (step 0)."""
+
+    def params(self) -> dict:
+        """All current parameters."""
+
+    def chi_squared(self) -> tuple[float, float]:
+        """(Σ χ², Σ measurements) at the current parameters."""
+
+    def residual_maps(self) -> dict[str, np.ndarray]:
+        """Exposure name → (p, p) mean whitened residual (NaN on bad pixels)."""
+
+    def refine(self, names, steps: int, memory: int) -> list[float]:
+        """The quasi-Newton stage on parameters `names`; the loss before each iteration."""
+
+    def close(self) -> None:
+        """Release what the stepper holds (processes, devices)."""
+
+
+StepperFactory = Callable[[FitConfig, Campaign, ExposureModel, list[str]], Stepper]
+"""Builds a stepper from (config, campaign, model, epoch names)."""
+
+
+class InProcess:
+    """Every exposure in this process, batched with vmap: the engine's reference."""
+
+    def __init__(
+        self, config: FitConfig, campaign: Campaign, model: ExposureModel, epochs: list[str]
+    ):
+        self.model, self.epochs = model, epochs
+        self.observations = load_observations(campaign, campaign.names)
+        self.batches = make_batches(self.observations, list(campaign.names), epochs)
+        self.initial = initial_params(config, model, self.observations, epochs)
+        settings = settings_from(config, self.observations)
+        self.fitter = make_fitter(model, self.initial, self.batches, settings)
+        self.reset()
+
+    def reset(self) -> None:
+        shared, local = split(self.initial)
+        self._params = join(shared, renormalise_images(local))
+        self._state = self.fitter.init(self._params)
+
+    def step(self) -> dict[str, float]:
+        self._params, self._state, terms = self.fitter.step(self._params, self._state, self.batches)
+        return terms
+
+    def checkpoint(self) -> dict[str, PyTree]:
+        return {"params": self._params, "state": self._state}
+
+    def restore(self, results: Results, step: int | None = None) -> int:
+        step, trees = results.read_checkpoint(self.checkpoint(), step)
+        self._params, self._state = jax.tree.map(jnp.asarray, (trees["params"], trees["state"]))
+        return step
+
+    def params(self) -> dict:
+        return self._params
+
+    def chi_squared(self) -> tuple[float, float]:
+        chi2, count = chi_squared_sums(self.model, self._params, self.batches)
+        return float(chi2), float(count)
+
+    def residual_maps(self) -> dict[str, np.ndarray]:
+        return residual_maps(self.model, self._params, self.observations, self.epochs)
+
+    def refine(self, names, steps: int, memory: int) -> list[float]:
+        settings = self.fitter.settings
+        self._params, totals = lbfgs_refine(
+            self.model,
+            self._params,
+            self.batches,
+            names,
+            steps,
+            settings.reg_weights,
+            settings.diagonal,
+            memory,
+        )
+        return totals
+
+    def close(self) -> None:
+        pass

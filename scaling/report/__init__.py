@@ -1,0 +1,1 @@
+"""What a fit reports: comparison with the truth, pictures, MLflow tracking."""

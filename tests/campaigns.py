@@ -1,0 +1,175 @@
+"""Every tiny campaign the tests build, from the smallest to the most complete.
+
+* `tiny_campaign`: observations in memory, simulated by the model (engine and L-BFGS tests);
+* `make_record`, `write_campaign`: synthetic exposure files of random data, 8×8 pixels
+  (store, ingest and results tests);
+* `simulated_campaign`: `scaling simulate` of a config, ingested into a store (fit,
+  recovery and cluster tests).
+
+The physics tests' tiny models and parameters are in `tests.helpers`, which imports only
+`model` (this module needs `scaling`).
+"""
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from model import ami_model, make_spec, nominal_detector
+from model.noise import noisy_slopes
+from scaling.config import load_config
+from scaling.data.fitsio import ExposureRecord, write_exposure
+from scaling.data.ingest import ingest
+from scaling.fitting.params import Observation, exposure_params, make_batches
+from scaling.simulate import simulate
+
+# --- in memory --------------------------------------------------------------------------
+
+TINY_NPIX, TINY_IMAGE = 12, 9
+"""Detector side and epoch-image side of `tiny_campaign`, pixels."""
+
+
+def tiny_campaign(
+    seed: int = 0, nepochs: int = 2, per_epoch: int = 2, ncal: int = 1, ngroups: int = 4
+):
+    """(model, true params, observations, exposure names, epoch names) with noisy data."""
+    npix, nimg = TINY_NPIX, TINY_IMAGE
+    m = ami_model(
+        npix=npix, oversample=2, pupil_npix=48, nwavels=2, n_hole_zernikes=1, filters=("F430M",)
+    )
+    rng = np.random.default_rng(seed)
+    det = nominal_detector(npix)
+    det["flat"] = jnp.asarray(1 + 0.02 * rng.standard_normal((npix, npix)))
+    det["bfe"] = jnp.asarray([0.01, 0.01])
+    det["nonlinearity"] = jnp.asarray([-0.01, 0.0])
+    det["jitter"] = jnp.asarray(0.1)
+    det["dark"] = jnp.asarray(1.0)
+    aberrations = m.optics.pupil.canonical(jnp.asarray(20 * rng.standard_normal(7)))
+    shared = {**det, "aberrations": {"F430M": aberrations}}
+    epochs = [f"e{i}" for i in range(nepochs)]
+    yy, xx = np.mgrid[:nimg, :nimg] - nimg // 2
+    images = np.stack(
+        [-(xx**2 + yy**2) / 6.0 + 0.3 * rng.standard_normal((nimg, nimg)) for _ in epochs]
+    )
+    obs_meta = [(f"sci{e}{k}", ep) for e, ep in enumerate(epochs) for k in range(per_epoch)]
+    obs_meta += [(f"cal{k}", None) for k in range(ncal)]
+    names = [n for n, _ in obs_meta]
+    X = len(names)
+    exposure = {
+        "position": jnp.asarray(0.02 * rng.standard_normal((X, 2))),
+        "log_flux": jnp.asarray(4.5 + 0.1 * rng.standard_normal(X)),
+        "spectral_slope": jnp.asarray(0.1 * rng.standard_normal(X)),
+    }
+    truth = {"shared": shared, "epoch": {"log_image": jnp.asarray(images)}, "exposure": exposure}
+    observations = []
+    specs = [make_spec("F430M", ngroups, roll=30.0 * i, nints=5) for i in range(len(obs_meta))]
+    blank = [
+        Observation(n, ep, s, np.zeros((ngroups - 1, npix, npix)), np.zeros((npix, npix), bool))
+        for (n, ep), s in zip(obs_meta, specs, strict=True)
+    ]
+    for i, (name, ep) in enumerate(obs_meta):
+        spec = specs[i]
+        (batch,) = make_batches([blank[i]], names, epochs)
+        p = exposure_params(truth, batch, i, epochs.index(ep) if ep else 0)
+        mean = np.asarray(m.slopes(p, spec))
+        data = noisy_slopes(rng, mean, 10.0, 5)
+        bad = np.zeros((npix, npix), bool)
+        bad[0, 0] = True
+        observations.append(Observation(name, ep, spec, data, bad))
+    return m, truth, observations, names, epochs
+
+
+# --- exposure files ---------------------------------------------------------------------
+
+RECORD_NPIX = 8
+"""Detector side of `make_record`'s exposures, pixels."""
+T0 = 60000.0
+"""Mid-time of the first epoch of `write_campaign`, MJD."""
+
+
+def make_record(observation: int, exposure: int, expmid: float, **changes) -> ExposureRecord:
+    """A valid record with random data seeded by its ids; `changes` override fields."""
+    ngroups = changes.pop("ngroups", 4)
+    rng = np.random.default_rng([observation, exposure])
+    shape = (ngroups - 1, RECORD_NPIX, RECORD_NPIX)
+    record = ExposureRecord(
+        filter="F430M",
+        pupil="NRM",
+        target="IO",
+        is_psf=False,
+        expmid=expmid,
+        roll=10.0 * exposure,
+        nints=2,
+        ngroups=ngroups,
+        group_time=0.07544,
+        subarray="SUB80",
+        program=1373,
+        observation=observation,
+        visit=1,
+        exposure=exposure,
+        dither_x=0.0,
+        dither_y=0.0,
+        slope=rng.normal(100.0, 10.0, shape),
+        variance=rng.uniform(50.0, 150.0, shape),
+        badpix=rng.random((RECORD_NPIX, RECORD_NPIX)) < 0.1,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def write_campaign(
+    folder: Path, nepochs: int = 2, per_epoch: int = 2, ncal: int = 1, hours_apart: float = 10.0
+) -> list[Path]:
+    """`nepochs` Io epochs of `per_epoch` exposures (10 min apart) and `ncal` calibrator
+    exposures of star CAL1; returns the files (named by observation and exposure)."""
+    files = []
+    for i in range(nepochs):
+        for k in range(per_epoch):
+            t = T0 + i * hours_apart / 24 + k * 10 / 1440
+            files.append(write(folder, make_record(i + 1, k + 1, t)))
+    for c in range(ncal):
+        t = T0 + (c + 0.5) * hours_apart / 24
+        record = make_record(90, c + 1, t, target="CAL1", is_psf=True, ngroups=3)
+        files.append(write(folder, record))
+    return files
+
+
+def write(folder: Path, record: ExposureRecord, name: str | None = None) -> Path:
+    """Write `record` to folder/NAME (default o<obs>_e<exp>.fits); returns the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name or f"o{record.observation:03d}_e{record.exposure:03d}.fits")
+    write_exposure(path, record)
+    return path
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Relative path → SHA-256 of every file under `path` (a snapshot to compare)."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def records_equal(a: ExposureRecord, b: ExposureRecord) -> bool:
+    """Every field equal, arrays bit for bit (values, shape and dtype)."""
+    for field in dataclasses.fields(ExposureRecord):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, np.ndarray):
+            if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
+                return False
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
+
+
+# --- simulated and ingested -------------------------------------------------------------
+
+
+def simulated_campaign(config: str, root: Path) -> Path:
+    """Simulate the campaign `config` into root/sim, ingest it into root/campaign.zarr;
+    returns the simulation folder (which holds the truth)."""
+    files = simulate(load_config(config), root / "sim", progress=False)
+    ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
+    return root / "sim"
