@@ -11,11 +11,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from model.constants import FRAME_TIME
-from model.detector import apply_jitter, downsample
-from model.likelihood import chi_squared, gaussian_nll
+from model.detector import apply_ipc, apply_jitter, downsample
+from model.likelihood import chi_squared, gaussian_nll, rate_chi_squared, rate_nll
 from model.optics import Optics
 from model.ramp import ramp_slopes
-from model.source import convolve_same, normalise_log_image, rotate_image
+from model.source import binary_components, convolve_same, normalise_log_image, rotate_image
 from model.spectrum import Bandpass
 
 Params = dict[str, Array]
@@ -24,9 +24,12 @@ PARAMETER_UNITS = {
     "aberrations": "(nterms,) Zernike coefficients of the pupil basis, nm",
     "position": "(2,) source offset (x, y) from the subarray centre in detector axes, arcsec",
     "positions": "(k, 2) offsets of k point sources (star field), arcsec",
-    "log_flux": "() log10 of the source's total count rate, e-/s",
+    "log_flux": "() log10 of the source's total count rate (a binary: both stars), e-/s",
     "log_fluxes": "(k,) log10 count rates of k point sources, e-/s",
     "spectral_slope": "() power-law index of the spectrum across the band",
+    "separation": "() binary: companion's distance from the primary (at `position`), mas",
+    "position_angle": "() binary: companion's direction, degrees east of north on the sky",
+    "contrast": "() binary: companion minus primary magnitude (Δm, > 0: fainter), mag",
     "log_image": "(n, n) natural-log intensity of a resolved source, sky axes (north up)",
     "flat": "(p, p) pixel response (flat field), dimensionless, 1 = nominal",
     "ipc": "(3, 3) inter-pixel capacitance kernel",
@@ -83,7 +86,11 @@ class ExposureModel(eqx.Module):
         return self.optics.psf_npix // self.oversample
 
     def illumination(self, params: Params, spec: ExposureSpec) -> Float[Array, "m m"]:
-        """Oversampled count rate of the scene on the detector, e-/s per optical pixel."""
+        """Oversampled count rate of the scene on the detector, e-/s per optical pixel.
+
+        The scene is a star field (`positions`), a binary (`separation`; it ignores any
+        `log_image`), a resolved source (`log_image`) or a point source.
+        """
         band = self.bandpasses[spec.filter]
         weights = band.weights(params["spectral_slope"])
         psf_at = lambda pos: self.optics.psf(  # noqa: E731
@@ -92,6 +99,16 @@ class ExposureModel(eqx.Module):
         if "positions" in params:
             psfs = jax.vmap(psf_at)(params["positions"])
             return jnp.tensordot(10.0 ** params["log_fluxes"], psfs, axes=1)
+        if "separation" in params:
+            positions, fluxes = binary_components(
+                params["position"],
+                params["log_flux"],
+                params["separation"],
+                params["position_angle"],
+                params["contrast"],
+                spec.roll,
+            )
+            return jnp.tensordot(fluxes, jax.vmap(psf_at)(positions), axes=1)
         psf = psf_at(params["position"])
         if "log_image" in params:
             image = rotate_image(normalise_log_image(params["log_image"]), spec.roll)
@@ -102,6 +119,17 @@ class ExposureModel(eqx.Module):
         """Detector count rate after jitter, pixel integration, flat field and dark, e-/s."""
         blurred = apply_jitter(self.illumination(params, spec), params["jitter"] * self.oversample)
         return downsample(blurred, self.oversample) * params["flat"] + params["dark"]
+
+    def mean_rate(self, params: Params, spec: ExposureSpec) -> Float[Array, "p p"]:
+        """Mean count rate (p, p) as the pipeline measures it from a ramp, e-/s.
+
+        `rate` with inter-pixel capacitance, which acts on the collected charge and so on a
+        ramp's slope. What a rate cannot see of the ramp: the non-linearity (the pipeline
+        corrects it), the brighter-fatter effect (it depends on the charge collected, not
+        on the rate) and the read noise shared by adjacent group differences; `bfe`,
+        `nonlinearity` and `read_noise` do not enter.
+        """
+        return apply_ipc(self.rate(params, spec), params["ipc"])
 
     def slopes(self, params: Params, spec: ExposureSpec) -> Float[Array, "s p p"]:
         """Model group-difference slopes (ngroups-1, p, p), electrons per group."""
@@ -132,3 +160,19 @@ class ExposureModel(eqx.Module):
         return chi_squared(
             data, self.slopes(params, spec), params["read_noise"], spec.nints, bad, diagonal
         )
+
+    def rate_nll(
+        self,
+        params: Params,
+        spec: ExposureSpec,
+        data: Float[Array, "p p"],
+        variance: Float[Array, "p p"],
+        bad: Bool[Array, "p p"],
+    ) -> Float[Array, ""]:
+        """Gaussian negative log-likelihood of a measured rate (e-/s) with the file's
+        variance ((e-/s)², fixed; see `model.likelihood.rate_nll`)."""
+        return rate_nll(data, self.mean_rate(params, spec), variance, bad)
+
+    def rate_chi_squared(self, params, spec, data, variance, bad):
+        """(χ², number of good pixels) of a measured rate under the model."""
+        return rate_chi_squared(data, self.mean_rate(params, spec), variance, bad)

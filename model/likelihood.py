@@ -1,4 +1,4 @@
-"""Likelihoods of measured ramp slopes.
+"""Likelihoods of measured ramp slopes and of measured count rates.
 
 Within one integration, adjacent group differences share a read, so for one pixel the
 slopes d_k (k = 1 … ngroups-1), averaged over `nints` integrations, have covariance
@@ -8,6 +8,10 @@ slopes d_k (k = 1 … ngroups-1), averaged over `nints` integrations, have covar
 with μ_k the model slope (photon variance) and σ the read noise, electrons. The Gaussian
 likelihood uses this tridiagonal C exactly (a Cholesky recursion along the slopes), or
 only its diagonal.
+
+A rate exposure (a pipeline's `_rate`/`_cal` product) is one count-rate image; its
+likelihood is Gaussian with each pixel's variance taken from the file and held fixed
+(`rate_nll`).
 """
 
 import jax
@@ -82,6 +86,48 @@ def chi_squared(
     y, _ = whitened_residuals(_masked(data, bad), model, read_noise, nints, diagonal)
     good = ~bad
     return jnp.sum(jnp.where(good, jnp.sum(y**2, axis=0), 0.0)), y.shape[0] * jnp.sum(good)
+
+
+def rate_whitened_residuals(
+    data: Float[Array, "p p"],
+    model: Float[Array, "p p"],
+    variance: Float[Array, "p p"],
+    bad: Bool[Array, "p p"],
+) -> Float[Array, "p p"]:
+    """Whitened residuals (data − model) / σ of a count rate (e-/s, variance (e-/s)²), 0 on
+    bad pixels, whose data and variance are replaced before any arithmetic (a NaN there
+    reaches neither the value nor the gradient)."""
+    var = jnp.where(bad, 1.0, variance)
+    return jnp.where(bad, 0.0, (_masked(data, bad) - model) / jnp.sqrt(var))
+
+
+def rate_nll(
+    data: Float[Array, "p p"],
+    model: Float[Array, "p p"],
+    variance: Float[Array, "p p"],
+    bad: Bool[Array, "p p"],
+) -> Float[Array, ""]:
+    """Gaussian negative log-likelihood of a measured count rate with fixed variance.
+
+    0.5 Σ_good [(d − μ)² / v + log(2π v)] with d, μ in e-/s and v the file's variance in
+    (e-/s)². The variance is data, not model: the pipeline's Poisson variance carries its
+    ramp-fitting weights, which a rate alone cannot reproduce, and at AMI signal levels
+    the bias of a data-based variance is negligible.
+    """
+    y = rate_whitened_residuals(data, model, variance, bad)
+    var = jnp.where(bad, 1.0, variance)
+    return 0.5 * jnp.sum(jnp.where(bad, 0.0, y**2 + jnp.log(2 * jnp.pi * var)))
+
+
+def rate_chi_squared(
+    data: Float[Array, "p p"],
+    model: Float[Array, "p p"],
+    variance: Float[Array, "p p"],
+    bad: Bool[Array, "p p"],
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """(χ², number of good pixels) of a measured count rate with fixed variance."""
+    y = rate_whitened_residuals(data, model, variance, bad)
+    return jnp.sum(y**2), jnp.sum(~bad)
 
 
 def poisson_nll(

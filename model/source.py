@@ -1,4 +1,4 @@
-"""Sources on the sky: rotation into detector axes and convolution with the PSF."""
+"""Sources on the sky: rotation into detector axes, convolution with the PSF, binaries."""
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +11,10 @@ def normalise_log_image(log_image: Float[Array, "n n"]) -> Float[Array, "n n"]:
     return jax.nn.softmax(log_image.ravel()).reshape(log_image.shape)
 
 
-def rotate_points(points: Float[Array, "k 2"], angle_deg: Float[Array, ""]) -> Float[Array, "k 2"]:
-    """Rotate (x, y) points counter-clockwise by `angle_deg` about the origin."""
+def rotate_points(
+    points: Float[Array, "*k 2"], angle_deg: Float[Array, ""]
+) -> Float[Array, "*k 2"]:
+    """Rotate (x, y) points (last axis) counter-clockwise by `angle_deg` about the origin."""
     a = jnp.deg2rad(angle_deg)
     c, s = jnp.cos(a), jnp.sin(a)
     x, y = points[..., 0], points[..., 1]
@@ -47,3 +49,38 @@ def convolve_same(image: Float[Array, "n n"], psf: Float[Array, "m m"]) -> Float
     )
     start = (n - 1) // 2
     return full[start : start + m, start : start + m]
+
+
+def companion_offset(
+    separation: Float[Array, ""], position_angle: Float[Array, ""], roll: Float[Array, ""]
+) -> Float[Array, "2"]:
+    """Detector-axis offset (x, y) of a companion, arcsec.
+
+    `separation` in mas, `position_angle` in degrees east of north (north = sky +y,
+    east = sky -x: sky axes have x to the west, as the resolved source's image). The sky
+    offset is turned into detector axes by `roll` exactly as `rotate_image` turns a sky
+    image (`rotate_points`, counter-clockwise).
+    """
+    pa = jnp.deg2rad(position_angle)
+    sky = 1e-3 * separation * jnp.stack([-jnp.sin(pa), jnp.cos(pa)])
+    return rotate_points(sky, roll)
+
+
+def binary_components(
+    position: Float[Array, "2"],
+    log_flux: Float[Array, ""],
+    separation: Float[Array, ""],
+    position_angle: Float[Array, ""],
+    contrast: Float[Array, ""],
+    roll: Float[Array, ""],
+) -> tuple[Float[Array, "2 2"], Float[Array, "2"]]:
+    """Positions (2, 2) arcsec and count rates (2,) e-/s of a binary's primary and companion.
+
+    The primary sits at `position`; the companion at `companion_offset` from it. The total
+    count rate 10**log_flux is split by the flux ratio 10**(-0.4 contrast) (`contrast`:
+    companion minus primary magnitude, Δm; > 0 for a fainter companion).
+    """
+    ratio = 10.0 ** (-0.4 * contrast)
+    fluxes = 10.0**log_flux * jnp.stack([1.0 / (1.0 + ratio), ratio / (1.0 + ratio)])
+    positions = jnp.stack([position, position + companion_offset(separation, position_angle, roll)])
+    return positions, fluxes

@@ -1,8 +1,10 @@
 """The `scaling` command line.
 
-    scaling simulate CONFIG.toml --out DIR   simulate a campaign (FITS files + truth)
+    scaling simulate CONFIG.toml --out DIR   simulate a campaign (FITS files + truth;
+                                             --products rate: JWST-like _cal files)
     scaling demo CONFIG.toml --out DIR       simulate, then draw PNGs of it into DIR
     scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr   FITS exposures → Zarr campaign store
+    scaling inspect FILE_OR_STORE...         one line per exposure of files or stores
     scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
     scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
@@ -21,6 +23,8 @@ from scaling.bench import add_bench_parser
 from scaling.config import CampaignConfig, Config, load_config
 from scaling.data.export import add_export_parser
 from scaling.data.ingest import add_ingest_parser
+from scaling.data.inspect import add_inspect_parser
+from scaling.data.products import KINDS, SLOPES
 from scaling.simulate import simulate
 
 EXIT_USAGE = 2
@@ -43,7 +47,7 @@ def _simulate(args: argparse.Namespace) -> list[Path]:
     config = load_config(args.config)
     print(f"config    {args.config}: {_describe(config)}")
     start = time.perf_counter()
-    files = simulate(config, args.out, progress=not args.quiet)
+    files = simulate(config, args.out, progress=not args.quiet, products=args.products)
     took = time.perf_counter() - start
     print(f"simulate  {len(files)} exposures, truth.json, truth.npz in {args.out}/  ({took:.1f} s)")
     return files
@@ -155,10 +159,19 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("config", type=Path, help="TOML config (see configs/)")
         sub.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "simulate":
+            sub.add_argument(
+                "--products",
+                choices=KINDS,
+                default=SLOPES,
+                help="exposure files: our slope files (default) or JWST-like rate products",
+            )
         if name == "demo":
+            sub.set_defaults(products=SLOPES)
             sub.add_argument("--fit", type=Path, help="fit config: also ingest and fit")
             _add_cluster_options(sub, full=False)
     add_ingest_parser(commands)
+    add_inspect_parser(commands)
     add_export_parser(commands)
     add_bench_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")

@@ -1,12 +1,21 @@
 """Simulated campaigns: true parameters → noisy JWST-like exposures on disk, plus the truth.
 
-`simulate(config, out)` writes one FITS file per exposure (see `scaling.data.fitsio`), the
-truth as `truth.json` (scalars, the exposure → epoch map, the config echoed) and
-`truth.npz` (arrays), all into a temporary folder beside `out` that is renamed to `out`
-at the end, so a failure leaves nothing half-written. Randomness comes only from NumPy
-generators spawned from the config's seed: the same seed gives byte-identical files.
+`simulate(config, out)` writes one FITS file per exposure, the truth as `truth.json`
+(scalars, the exposure → epoch map, the config echoed) and `truth.npz` (arrays), all into a
+temporary folder beside `out` that is renamed to `out` at the end, so a failure leaves
+nothing half-written. Randomness comes only from NumPy generators spawned from the config's
+seed: the same seed gives byte-identical files.
+
+Products: "slopes" (default) writes our slope files, NAME_calslope.fits
+(`scaling.data.fitsio`); "rate" writes JWST-like stage-2 products, NAME_cal.fits
+(`scaling.data.products.write_rate_product`, DN/s with NIRISS's gain), whose rate is what a
+pipeline measures, kept simple (`noisy_rate`): the noiseless rate of the linear,
+IPC-convolved ramp (`ExposureModel.mean_rate`: the pipeline corrects the non-linearity, and
+the brighter-fatter effect is left out) plus Gaussian noise with the variance of the
+first-to-last-read slope averaged over NINTS integrations.
 """
 
+import dataclasses
 import math
 import os
 import shutil
@@ -28,7 +37,9 @@ from model.constants import FRAME_TIME
 from model.noise import noisy_slopes
 from model.scenes import IoScene
 from scaling.config import CampaignConfig, Config, FlatFieldConfig, config_to_dict
-from scaling.data.fitsio import ExposureRecord, exposure_name, write_exposure
+from scaling.data.fitsio import ExposureMeta, ExposureRecord, exposure_name, write_exposure
+from scaling.data.jwst import NIRISS_SUBARRAYS
+from scaling.data.products import KINDS, RATE, SLOPES, write_rate_product
 from scaling.data.truthfiles import write_truth
 
 LOG_FLOOR = 1e-12
@@ -37,6 +48,9 @@ LOG_FLOOR = 1e-12
 HOT_RANGE = (1e3, 3e4)
 """Range of the (log-uniform) values written into bad pixels, electrons per group."""
 
+SUFFIXES = {SLOPES: "_calslope.fits", RATE: "_cal.fits"}
+"""File name ending of each kind of product."""
+
 
 @eqx.filter_jit
 def _forward(model: ExposureModel, params: dict, spec: ExposureSpec):
@@ -44,12 +58,19 @@ def _forward(model: ExposureModel, params: dict, spec: ExposureSpec):
     return model.slopes(params, spec), jnp.max(model.rate(params, spec))
 
 
+@eqx.filter_jit
+def _mean_rate(model: ExposureModel, params: dict, spec: ExposureSpec):
+    """Noiseless rate a pipeline measures, (p, p) e-/s (`ExposureModel.mean_rate`)."""
+    return model.mean_rate(params, spec)
+
+
 @dataclass(frozen=True)
 class _Readout:
     """What every exposure of a workload shares: readout and file metadata.
 
     read_noise: e- per read; group_time: s; well_depth: e- (inf: no ramp truncation);
-    pupil: 'NRM' or 'CLEAR'; program: programme id.
+    pupil: 'NRM' or 'CLEAR'; program: programme id; pixel_scale: arcsec per detector
+    pixel; products: 'slopes' or 'rate' (see the module docstring).
     """
 
     read_noise: float
@@ -57,6 +78,8 @@ class _Readout:
     well_depth: float
     pupil: str
     program: int
+    pixel_scale: float
+    products: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +125,27 @@ def pipeline_variance(
     return (np.maximum(slopes, 0.0) + 2 * read_noise**2) / nints
 
 
+def noisy_rate(
+    rng: np.random.Generator,
+    mean_rate: NDArray[np.float64],
+    read_noise: float,
+    nints: int,
+    span: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(rate e-/s, its Poisson and read-noise variances (e-/s)²) a pipeline would report.
+
+    Each integration's rate is its first-to-last-read slope over `span` = (ngroups-1) ×
+    group_time seconds; averaged over `nints`, its variance is (rate / span + 2 read_noise²
+    / span²) / nints. The rate drawn is `mean_rate` (e-/s) plus Gaussian noise of that
+    variance; the variances returned are estimated from the noisy rate, as a pipeline does
+    (Poisson part clipped at 0).
+    """
+    read = np.full(np.shape(mean_rate), 2 * read_noise**2 / (nints * span**2))
+    poisson = np.maximum(mean_rate, 0.0) / (nints * span)
+    rate = mean_rate + np.sqrt(poisson + read) * rng.standard_normal(np.shape(mean_rate))
+    return rate, np.maximum(rate, 0.0) / (nints * span), read
+
+
 def bad_pixel_mask(rng: np.random.Generator, npix: int, fraction: float) -> NDArray[np.bool_]:
     """(npix, npix) mask: the outermost pixel ring plus a random `fraction` of pixels."""
     bad = rng.random((npix, npix)) < fraction
@@ -133,13 +177,15 @@ def _observe(
     the ramp is computed as read (`ngroups` groups) and its later groups are dropped, as
     a pipeline would. Bad pixels get hot values (log-uniform in `HOT_RANGE`), flagged.
     """
-    group_time, read_noise = readout.group_time, readout.read_noise
+    group_time = readout.group_time
 
-    def forward(e: _Planned):
-        spec = make_spec(
+    def spec_of(e: _Planned) -> ExposureSpec:
+        return make_spec(
             e.filter, e.ngroups, e.roll, group_time=group_time, nints=e.nints, dither=e.dither
         )
-        mean, peak = _forward(model, params_of(e), spec)
+
+    def forward(e: _Planned):
+        mean, peak = _forward(model, params_of(e), spec_of(e))
         return np.asarray(mean), float(peak)
 
     limits = tqdm(plan, desc="ramp limits", unit="exp", disable=not progress)
@@ -153,11 +199,8 @@ def _observe(
     bar = tqdm(plan, desc="exposures", unit="exp", disable=not progress)
     for e, name, seed, peak in zip(bar, names, noise_seeds, peaks, strict=True):
         n = ngroups[e.role]
-        mean, _ = forward(e)
         rng = np.random.default_rng(seed)
-        data = noisy_slopes(rng, mean[: n - 1], read_noise, e.nints)
-        data[:, bad] = np.exp(rng.uniform(*np.log(HOT_RANGE), size=int(bad.sum())))
-        record = ExposureRecord(
+        meta = ExposureMeta(
             filter=e.filter,
             pupil=readout.pupil,
             target=e.target,
@@ -174,13 +217,51 @@ def _observe(
             exposure=e.exposure,
             dither_x=e.dither[0],
             dither_y=e.dither[1],
-            slope=data,
-            variance=pipeline_variance(data, read_noise, e.nints),
-            badpix=bad,
         )
-        write_exposure(folder / f"{name}_calslope.fits", record)
+        path = folder / f"{name}{SUFFIXES[readout.products]}"
+        if readout.products == RATE:
+            mean_rate = np.asarray(_mean_rate(model, params_of(e), spec_of(e)))
+            _write_rate(path, meta, mean_rate, rng, bad, readout)
+        else:
+            _write_slopes(path, meta, forward(e)[0][: n - 1], rng, bad, readout)
         facts[name] = {"ngroups": n, "peak_charge": peak * group_time * n}
     return facts
+
+
+def _hot_values(rng: np.random.Generator, bad: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Values for the bad pixels, log-uniform in `HOT_RANGE` (e-/group)."""
+    return np.exp(rng.uniform(*np.log(HOT_RANGE), size=int(bad.sum())))
+
+
+def _write_slopes(
+    path: Path,
+    meta: ExposureMeta,
+    mean: NDArray[np.float64],
+    rng: np.random.Generator,
+    bad: NDArray[np.bool_],
+    readout: _Readout,
+) -> None:
+    """Our slope file of mean slopes `mean` (ngroups-1, p, p) e-/group, with noise."""
+    data = noisy_slopes(rng, mean, readout.read_noise, meta.nints)
+    data[:, bad] = _hot_values(rng, bad)
+    variance = pipeline_variance(data, readout.read_noise, meta.nints)
+    fields = dataclasses.asdict(meta)
+    write_exposure(path, ExposureRecord(**fields, slope=data, variance=variance, badpix=bad))
+
+
+def _write_rate(
+    path: Path,
+    meta: ExposureMeta,
+    mean_rate: NDArray[np.float64],
+    rng: np.random.Generator,
+    bad: NDArray[np.bool_],
+    readout: _Readout,
+) -> None:
+    """A JWST-like `_cal` product of the noiseless rate `mean_rate` (p, p) e-/s, with noise."""
+    span = (meta.ngroups - 1) * meta.group_time
+    rate, poisson, read = noisy_rate(rng, mean_rate, readout.read_noise, meta.nints, span)
+    rate[bad] = _hot_values(rng, bad) / meta.group_time
+    write_rate_product(path, meta, rate, poisson, read, bad, readout.pixel_scale)
 
 
 @contextmanager
@@ -311,8 +392,8 @@ def _io_scene(cfg: CampaignConfig) -> IoScene:
     )
 
 
-def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]:
-    """Simulate an Io AMI campaign into `folder`; returns the exposure names."""
+def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool, products: str) -> list[str]:
+    """Simulate an Io AMI campaign into `folder` as `products`; returns the exposure names."""
     truth_seed, bad_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(3)
     rng = np.random.default_rng(truth_seed)
     ins, t = cfg.instrument, cfg.truth
@@ -340,7 +421,9 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]
             params["log_image"] = log_images[e.epoch]
         return params
 
-    readout = _Readout(t.read_noise, FRAME_TIME, t.well_depth, "NRM", cfg.program)
+    readout = _Readout(
+        t.read_noise, FRAME_TIME, t.well_depth, "NRM", cfg.program, scale * ins.oversample, products
+    )
     facts = _observe(model, plan, names, params_of, bad, readout, noise_seed, folder, progress)
     epoch_names = [f"epoch{i + 1:03d}" for i in range(len(mids))]
     truth = {
@@ -361,7 +444,7 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]
             n: None if e.epoch is None else epoch_names[e.epoch]
             for n, e in zip(names, plan, strict=True)
         },
-        "exposures": _exposure_table(plan, names, facts),
+        "exposures": _exposure_table(plan, names, facts, SUFFIXES[products]),
         "config": config_to_dict(cfg),
     }
     arrays = {
@@ -380,13 +463,15 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool) -> list[str]
     return names
 
 
-def _exposure_table(plan: list[_Planned], names: list[str], facts: dict) -> dict[str, dict]:
+def _exposure_table(
+    plan: list[_Planned], names: list[str], facts: dict, suffix: str
+) -> dict[str, dict]:
     """Per-exposure truth for truth.json: identity, pointing, ramp; `index` is the row in
-    the per-exposure arrays of truth.npz."""
+    the per-exposure arrays of truth.npz; files end in `suffix`."""
     return {
         name: {
             "index": i,
-            "file": f"{name}_calslope.fits",
+            "file": f"{name}{suffix}",
             "role": e.role,
             "target": e.target,
             "filter": e.filter,
@@ -400,8 +485,11 @@ def _exposure_table(plan: list[_Planned], names: list[str], facts: dict) -> dict
     }
 
 
-def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> list[str]:
-    """Simulate the dithered star-field workload into `folder`; returns the exposure names."""
+def _simulate_flatfield(
+    cfg: FlatFieldConfig, folder: Path, progress: bool, products: str
+) -> list[str]:
+    """Simulate the dithered star-field workload into `folder` as `products`; returns the
+    exposure names."""
     truth_seed, bad_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(3)
     rng = np.random.default_rng(truth_seed)
     ins, stars = cfg.instrument, cfg.stars
@@ -442,7 +530,9 @@ def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> l
         for d, dither in enumerate(cfg.dithers)
     ]
     names = [exposure_name(cfg.program, e.observation, e.exposure) for e in plan]
-    readout = _Readout(cfg.read_noise, ins.group_time, math.inf, "CLEAR", cfg.program)
+    readout = _Readout(
+        cfg.read_noise, ins.group_time, math.inf, "CLEAR", cfg.program, ins.pixel_scale, products
+    )
     facts = _observe(
         model, plan, names, lambda e: params, bad, readout, noise_seed, folder, progress
     )
@@ -453,7 +543,7 @@ def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> l
         "read_noise": cfg.read_noise,
         "epochs": [{"name": "field", "mjd": cfg.start_mjd}],
         "exposure_epoch": dict.fromkeys(names, "field"),
-        "exposures": _exposure_table(plan, names, facts),
+        "exposures": _exposure_table(plan, names, facts, SUFFIXES[products]),
         "config": config_to_dict(cfg),
     }
     arrays = {
@@ -468,14 +558,32 @@ def _simulate_flatfield(cfg: FlatFieldConfig, folder: Path, progress: bool) -> l
     return names
 
 
-def simulate(config: Config, out: str | os.PathLike, progress: bool = True) -> list[Path]:
-    """Simulate the workload a config describes into folder `out` (see module docstring).
+def simulate(
+    config: Config, out: str | os.PathLike, progress: bool = True, products: str = SLOPES
+) -> list[Path]:
+    """Simulate the workload a config describes into folder `out` as `products` ('slopes'
+    or 'rate', see the module docstring).
 
-    Returns the exposure files written. Raises FileExistsError, before any work, if `out`
-    exists and is neither empty nor a previous simulation.
+    Returns the exposure files written. Raises, before any work, FileExistsError if `out`
+    exists and is neither empty nor a previous simulation, ValueError for unknown
+    `products` or rate products of a detector that is no NIRISS subarray.
     """
+    _check_products(config, products)
     out = Path(out)
     run = _simulate_flatfield if isinstance(config, FlatFieldConfig) else _simulate_io
     with _staging(out) as folder:
-        names = run(config, folder, progress)
-    return [out / f"{n}_calslope.fits" for n in names]
+        names = run(config, folder, progress, products)
+    return [out / f"{n}{SUFFIXES[products]}" for n in names]
+
+
+def _check_products(config: Config, products: str) -> None:
+    """`products` is a kind, and rate products have a NIRISS subarray's size."""
+    if products not in KINDS:
+        raise ValueError(f"products: expected one of {', '.join(KINDS)}, got {products!r}")
+    npix = config.instrument.npix
+    if products == RATE and f"SUB{npix}" not in NIRISS_SUBARRAYS:
+        sides = [k[3:] for k in NIRISS_SUBARRAYS if k[3:].isdigit()]
+        raise ValueError(
+            f"instrument.npix: rate products need a NIRISS subarray side "
+            f"({', '.join(sides)}), got {npix}"
+        )

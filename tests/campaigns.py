@@ -2,7 +2,7 @@
 
 * `tiny_campaign`: observations in memory, simulated by the model (engine and L-BFGS tests);
 * `make_record`, `write_campaign`: synthetic exposure files of random data, 8×8 pixels
-  (store, ingest and results tests);
+  (store, ingest and results tests); `write_rate_file`: a JWST-like rate product, 80×80;
 * `simulated_campaign`: `scaling simulate` of a config, ingested into a store (fit,
   recovery and cluster tests).
 
@@ -20,8 +20,9 @@ import numpy as np
 from model import ami_model, make_spec, nominal_detector
 from model.noise import noisy_slopes
 from scaling.config import load_config
-from scaling.data.fitsio import ExposureRecord, write_exposure
+from scaling.data.fitsio import ExposureMeta, ExposureRecord, exposure_name, write_exposure
 from scaling.data.ingest import ingest
+from scaling.data.products import write_rate_product
 from scaling.fitting.params import Observation, exposure_params, make_batches
 from scaling.simulate import simulate
 
@@ -140,6 +141,44 @@ def write(folder: Path, record: ExposureRecord, name: str | None = None) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (name or f"o{record.observation:03d}_e{record.exposure:03d}.fits")
     write_exposure(path, record)
+    return path
+
+
+RATE_NPIX = 80
+"""Detector side of `write_rate_file`'s products (SUB80), pixels."""
+
+
+def write_rate_file(
+    folder: Path, observation: int, exposure: int, expmid: float, **changes
+) -> Path:
+    """A JWST-like `_cal` product (SUB80) of random rates seeded by its ids, written by
+    `write_rate_product`; `changes` override `ExposureMeta` fields. Returns the path."""
+    meta = ExposureMeta(
+        filter="F430M",
+        pupil="NRM",
+        target="IO",
+        is_psf=False,
+        expmid=expmid,
+        roll=15.0 * exposure,
+        nints=20,
+        ngroups=5,
+        group_time=0.07544,
+        subarray="SUB80",
+        program=1373,
+        observation=observation,
+        visit=1,
+        exposure=exposure,
+        dither_x=0.0,
+        dither_y=0.0,
+    )
+    meta = dataclasses.replace(meta, **changes)
+    rng = np.random.default_rng([observation, exposure, RATE_NPIX])
+    shape = (RATE_NPIX, RATE_NPIX)
+    rate = rng.uniform(100.0, 1000.0, shape)  # e-/s
+    bad = rng.random(shape) < 0.01
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{exposure_name(meta.program, observation, exposure)}_cal.fits"
+    write_rate_product(path, meta, rate, rate / 20.0, np.full(shape, 4.0), bad, 0.0656)
     return path
 
 

@@ -84,6 +84,11 @@ def test_values_are_typed(tmp_path):
         ("kind = 'galaxy'\n", "kind", ["'flatfield'", "'io'"]),
         ("kind = 'flatfield'\ndithers = [[0, 0], [1]]\n", "dithers[1]", ["a list of 2"]),
         ("kind = 'flatfield'\n[stars]\nn_stars = 0\n", "stars.n_stars", [">= 1"]),
+        ("kind = 'fit'\n[binary]\nsep = 90\n", "binary.sep", ["unknown key", "separation"]),
+        ("kind = 'fit'\n[binary]\nseparation = -5\n", "binary.separation", [">= 0"]),
+        ("kind = 'fit'\n[binary]\ncontrast = -1\n", "binary.contrast", [">= 0"]),
+        ("kind = 'fit'\n[binary]\nposition_angle = 360\n", "binary.position_angle", ["[0, 360)"]),
+        ("kind = 'fit'\n[binary]\nseparation = '90'\n", "binary.separation", ["a number"]),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path, text, key, words):

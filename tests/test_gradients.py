@@ -45,6 +45,9 @@ STEPS = {
     "jitter": 1e-3,  # detector pixels
     "dark": 1e-2,  # e-/s
     "read_noise": 1e-2,  # e-
+    "separation": 2e-1,  # mas
+    "position_angle": 1e-1,  # degrees (≈ 0.2 mas at 140 mas)
+    "contrast": 2e-3,  # mag
 }
 
 AMI_GROUPS = [
@@ -63,6 +66,7 @@ AMI_GROUPS = [
 ]
 POINT_GROUPS = ["position", "log_flux", "spectral_slope", "aberrations"]
 FIELD_GROUPS = ["positions", "log_fluxes", "aberrations", "flat"]
+BINARY_GROUPS = ["separation", "position_angle", "contrast", "position", "log_flux"]
 
 
 def _perturbed(truth: dict, seed: int) -> dict:
@@ -108,6 +112,15 @@ def point_problem(ami, ami_params):
 
 
 @pytest.fixture(scope="module")
+def binary_problem(ami, ami_params):
+    """A binary: companion 140 mas away at PA 63°, 1.2 mag fainter."""
+    truth = {k: v for k, v in ami_params.items() if k != "log_image"}
+    binary = {"separation": 140.0, "position_angle": 63.0, "contrast": 1.2}
+    truth.update({k: jnp.asarray(v) for k, v in binary.items()})
+    return Problem(ami, truth, ami_spec(), seed=4)
+
+
+@pytest.fixture(scope="module")
 def field_problem(field, field_params):
     return Problem(field, field_params, field_spec(), seed=3)
 
@@ -127,7 +140,7 @@ def _check_group(problem: Problem, name: str, seed: int):
 
 
 def test_every_documented_parameter_is_checked(ami_params, field_params):
-    assert set(AMI_GROUPS) | set(FIELD_GROUPS) == set(PARAMETER_UNITS)
+    assert set(AMI_GROUPS) | set(FIELD_GROUPS) | set(BINARY_GROUPS) == set(PARAMETER_UNITS)
     assert set(AMI_GROUPS) == set(ami_params)
     assert set(FIELD_GROUPS) <= set(field_params)
     assert set(STEPS) == set(PARAMETER_UNITS)
@@ -141,6 +154,11 @@ def test_ami_resolved_source_gradient(ami_problem, name):
 @pytest.mark.parametrize("name", POINT_GROUPS)
 def test_ami_point_source_gradient(point_problem, name):
     _check_group(point_problem, name, seed=7)
+
+
+@pytest.mark.parametrize("name", BINARY_GROUPS)
+def test_binary_gradient(binary_problem, name):
+    _check_group(binary_problem, name, seed=13)
 
 
 @pytest.mark.parametrize("name", FIELD_GROUPS)

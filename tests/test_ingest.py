@@ -25,7 +25,7 @@ from scaling.data.ingest import (
     load_epoch_table,
     summary_table,
 )
-from scaling.data.store import Campaign, previous_store
+from scaling.data.store import SCHEMA_VERSION, Campaign, previous_store
 from scaling.data.validate import IngestError, file_sha256
 from tests.campaigns import (
     make_record,
@@ -327,7 +327,7 @@ def test_bad_paths_and_stores_on_the_command_line_exit_nonzero(campaign, tmp_pat
     cases = {
         "none-.*: the pattern matches no file": [str(tmp_path / "none-*.fits")],
         "epochs.toml: cannot read the epoch table": [*names, *table],
-        "schema_version: this code reads version 1": names,
+        f"schema_version: this code reads version {SCHEMA_VERSION}": names,
     }
     for message, inputs in cases.items():
         if "schema" in message:
@@ -373,7 +373,8 @@ def test_store_of_another_schema_version_is_refused(campaign, tmp_path):
     root.attrs["schema_version"] = 99
     before = tree_digest(store)
     new = write(tmp_path, make_record(6, 1, 60002.0))
-    with pytest.raises(StoreError, match=r"schema_version: this code reads version 1, .* with 99"):
+    message = rf"schema_version: this code reads version {SCHEMA_VERSION}, .* with 99"
+    with pytest.raises(StoreError, match=message):
         ingest([new], store, progress=False)
     with pytest.raises(StoreError, match="schema_version"):
         Campaign.open(store)

@@ -6,6 +6,7 @@
 
 from scaling.config.checks import ConfigError
 from scaling.config.fitting import (
+    BinaryConfig,
     ClusterConfig,
     FitConfig,
     OptimiserConfig,
@@ -28,6 +29,7 @@ from scaling.config.simulation import (
 
 __all__ = [
     "KINDS",
+    "BinaryConfig",
     "CalibratorsConfig",
     "CampaignConfig",
     "ClusterConfig",

@@ -81,6 +81,30 @@ class QuasiNewtonConfig:
             require(name in ROLES, "parameters", f"names from {sorted(ROLES)}", name)
 
 
+@dataclass(frozen=True)
+class BinaryConfig:
+    """Optional binary source: the start of a companion fitted beside the target.
+
+    separation: mas from the primary (0: no binary); position_angle: degrees east of
+    north, in [0, 360); contrast: companion minus primary magnitude (Δm >= 0), the start
+    of every filter's contrast.
+    """
+
+    separation: float = 0.0
+    position_angle: float = 0.0
+    contrast: float = 2.0
+
+    def __post_init__(self):
+        non_negative(self, "separation", "contrast")
+        angle = self.position_angle
+        require(0.0 <= angle < 360.0, "position_angle", "degrees in [0, 360)", angle)
+
+    @property
+    def enabled(self) -> bool:
+        """True when the fit models a binary (separation > 0)."""
+        return self.separation > 0.0
+
+
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
 
 
@@ -124,7 +148,8 @@ class FitConfig:
     diagonal of the slope covariance; regularisers: name → weight per epoch image;
     optimisers: parameter name → how it is fitted (names not listed stay fixed);
     instrument: model sizes; cluster: where it runs (`ClusterConfig`); quasi_newton:
-    the optional L-BFGS stage (`QuasiNewtonConfig`).
+    the optional L-BFGS stage (`QuasiNewtonConfig`); binary: the start of a binary
+    source (`BinaryConfig`, off by default).
     """
 
     KIND: ClassVar[str] = "fit"
@@ -144,6 +169,7 @@ class FitConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     quasi_newton: QuasiNewtonConfig = field(default_factory=QuasiNewtonConfig)
+    binary: BinaryConfig = field(default_factory=BinaryConfig)
 
     def __post_init__(self):
         positive_ints(self, "steps", "checkpoint_every")

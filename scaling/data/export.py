@@ -26,18 +26,25 @@ from scaling.data._zarr import Location, StoreError
 from scaling.data.results import EpochImage, Results
 
 
+def cd_matrix(pixel_scale: float, orientation: float) -> np.ndarray:
+    """(2, 2) CD matrix, degrees per pixel, of square `pixel_scale`-arcsec pixels with north
+    `orientation` degrees counter-clockwise from +y and east 90° further (0: north up, east
+    left); for an exposure's detector axes the orientation is the model's roll."""
+    scale = pixel_scale / 3600.0
+    c, s = math.cos(math.radians(orientation)), math.sin(math.radians(orientation))
+    return np.array([[-scale * c, -scale * s], [-scale * s, scale * c]])
+
+
 def celestial_wcs(image: EpochImage) -> WCS:
     """RA---TAN/DEC--TAN WCS of `image`, reference pixel at its centre."""
     ny, nx = np.shape(image.data)
-    scale = image.pixel_scale / 3600.0
-    c, s = math.cos(math.radians(image.orientation)), math.sin(math.radians(image.orientation))
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.cunit = ["deg", "deg"]
     wcs.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2]
     known = image.ra is not None and image.dec is not None
     wcs.wcs.crval = [image.ra, image.dec] if known else [0.0, 0.0]
-    wcs.wcs.cd = [[-scale * c, -scale * s], [-scale * s, scale * c]]
+    wcs.wcs.cd = cd_matrix(image.pixel_scale, image.orientation)
     wcs.wcs.radesys = "ICRS"
     if image.mjd is not None:
         wcs.wcs.mjdobs = image.mjd

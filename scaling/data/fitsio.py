@@ -14,6 +14,7 @@ back to (EXPSTART + EXPEND) / 2.
 
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -206,6 +207,22 @@ def _keyword(headers: tuple[fits.Header, ...], key: str, kind: type, path: Path)
     raise ValueError(f"{path}: missing header keyword {_alternatives(names)}")
 
 
+def header_fields(
+    headers: tuple[fits.Header, ...], keywords: Iterable[str], path: Path
+) -> tuple[dict, dict[str, str]]:
+    """(values, names): the `ExposureMeta` field of each of `keywords` (keys of the table
+    of keywords above, aliases and defaults included) and the keyword it was read under.
+
+    Raises:
+        ValueError: naming the file, the keyword and its alternatives.
+    """
+    values, names = {}, {}
+    for key in keywords:
+        field, kind, _ = _KEYWORDS[key]
+        values[field], names[field] = _keyword(headers, key, kind, path)
+    return values, names
+
+
 def _midpoint(headers: tuple[fits.Header, ...], names: tuple[str, ...], path: Path) -> tuple:
     """((EXPSTART + EXPEND) / 2 in MJD, 'EXPSTART/EXPEND') for a file without `names`."""
     if not all(_find(headers, (k,)) for k in _MIDPOINT):
@@ -281,9 +298,8 @@ def read_exposure_with_names(path: str | os.PathLike) -> tuple[ExposureRecord, d
     with hdul:
         slope, slope_name = _extension(hdul, "slope", path)
         headers = (hdul[0].header, hdul[slope_name].header)
-        meta, names = {}, {"slope": slope_name}
-        for key, (field, kind, _) in _KEYWORDS.items():
-            meta[field], names[field] = _keyword(headers, key, kind, path)
+        meta, names = header_fields(headers, _KEYWORDS, path)
+        names["slope"] = slope_name
         slope = np.asarray(slope, dtype=np.float64)
         variance, names["variance"] = _variance(hdul, path)
         badpix, names["badpix"] = _badpix(hdul, slope.shape[0], path)

@@ -1,11 +1,12 @@
 """FITS exposures → a campaign store (`scaling.data.store`), checked, appended, atomic.
 
-Each file is read with `scaling.data.fitsio.read_exposure` (keywords FILTER, PUPIL, TARGPROP,
-IS_PSF, EXPMID, ROLL_REF, NINTS, NGROUPS, TGROUP, SUBARRAY, PROGRAM, OBSERVTN, VISIT,
-EXPOSURE, optional DITHX/DITHY, TARG_RA/TARG_DEC; image extensions SLOPE, VARIANCE,
-BADPIX; or their JWST names, see there) and checked by `scaling.data.validate`. A file
-whose SHA-256 is already in the store is skipped, so ingesting again is a no-op and new
-files append.
+Each file is read with `scaling.data.products.read_product`: our slope files
+(`scaling.data.fitsio`: keywords FILTER, PUPIL, TARGPROP, IS_PSF, EXPMID, ROLL_REF, NINTS,
+NGROUPS, TGROUP, SUBARRAY, PROGRAM, OBSERVTN, VISIT, EXPOSURE, optional DITHX/DITHY,
+TARG_RA/TARG_DEC; image extensions SLOPE, VARIANCE, BADPIX; or their JWST names, see there)
+or JWST rate products (`scaling.data.jwst`, converted to e-/s with the gain given), told
+apart by content; then checked by `scaling.data.validate`. A file whose SHA-256 is already
+in the store is skipped, so ingesting again is a no-op and new files append.
 
 Atomicity. For a local path the new store is built beside the old one
 (`.NAME.ingest-*`, existing files hard-linked, never modified) and swapped in with two
@@ -40,7 +41,8 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from scaling.data._zarr import Location, StoreError, as_store, consolidate, describe, local_path
-from scaling.data.fitsio import META_FIELDS, exposure_name
+from scaling.data.fitsio import META_FIELDS
+from scaling.data.jwst import NIRISS_GAIN
 from scaling.data.store import (
     ARRAYS,
     KIND,
@@ -49,7 +51,13 @@ from scaling.data.store import (
     ExposureInfo,
     previous_store,
 )
-from scaling.data.validate import CheckedExposure, IngestError, check_exposure, file_sha256
+from scaling.data.validate import (
+    CheckedExposure,
+    IngestError,
+    check_exposure,
+    check_gain,
+    file_sha256,
+)
 
 DEFAULT_WINDOW_HOURS = 1.0
 """Default epoch window: Io turns ~8.5° in an hour (rotation period 42.46 h)."""
@@ -79,11 +87,13 @@ def ingest(
     window_hours: float | None = None,
     epoch_table: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
+    gain: float = NIRISS_GAIN,
 ) -> IngestResult:
     """Ingest files or glob patterns `inputs` into the campaign store `out`.
 
     Epochs come from `window_hours` or `epoch_table` (not both); with neither, a
-    store's own rule is kept, and a new store uses `DEFAULT_WINDOW_HOURS`.
+    store's own rule is kept, and a new store uses `DEFAULT_WINDOW_HOURS`. `gain` (e-/DN)
+    converts JWST rate products to electrons and is recorded with each.
 
     Raises:
         IngestError: a bad input (naming the file and field) or output path.
@@ -94,6 +104,7 @@ def ingest(
         raise IngestError("give an epoch window or an epoch table, not both")
     if window_hours is not None and not window_hours > 0:
         raise IngestError(f"epoch window: expected hours > 0, got {window_hours}")
+    check_gain(gain)
     files = expand_inputs(inputs)
     existing = _existing(out)
     known = {e.sha256: e for e in existing.exposures} if existing else {}
@@ -107,7 +118,7 @@ def ingest(
             if sha in known:
                 skipped.append(path)
                 continue
-            checked = check_exposure(path, sha)
+            checked = check_exposure(path, sha, gain)
             info = _new_info(checked)
             if info.name in by_name:
                 raise IngestError(_duplicate(path, info, by_name[info.name], describe(out)))
@@ -238,17 +249,29 @@ def summary_table(campaign: Campaign, added: Iterable[str] = ()) -> str:
         span = f"{min(times):.4f}" + (f"-{max(times):.4f}" if len(members) > 1 else "")
         new = sum(e.name in added for e in members)
         table.append((*key, str(len(members)), str(new), span))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    return aligned(table)
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of text cells as left-aligned columns two spaces apart, one line per row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def add_ingest_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr`."""
-    summary = "check FITS exposures and add them to a Zarr campaign store"
+    summary = "check FITS exposures (slope files, JWST rate products) and add them to a store"
     p = subparsers.add_parser("ingest", help=summary, description=summary)
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="FITS files or patterns")
     p.add_argument("--out", required=True, metavar="CAMPAIGN.zarr", help="path or fsspec URL")
+    p.add_argument(
+        "--gain",
+        type=float,
+        default=NIRISS_GAIN,
+        metavar="E_PER_DN",
+        help=f"detector gain for JWST rate products in DN/s (default NIRISS {NIRISS_GAIN})",
+    )
     epochs = p.add_mutually_exclusive_group()
     epochs.add_argument(
         "--epoch-window-hours",
@@ -273,6 +296,7 @@ def ingest_command(args: argparse.Namespace) -> int:
             window_hours=args.epoch_window_hours,
             epoch_table=table,
             progress=not args.quiet,
+            gain=args.gain,
         )
     except (IngestError, StoreError) as err:
         print(f"scaling ingest: error: {err}", file=sys.stderr)
@@ -347,6 +371,8 @@ def _write_exposure(store: zarr.abc.store.Store, name: str, checked: CheckedExpo
         "sha256": checked.sha256,
         "target_ra": checked.target_ra,
         "target_dec": checked.target_dec,
+        "kind": checked.kind,
+        "gain": checked.gain,
     }
     group = zarr.create_group(store, path=f"exposures/{name}", zarr_format=3, attributes=attributes)
     for array in ARRAYS:
@@ -358,7 +384,7 @@ def _new_info(checked: CheckedExposure) -> ExposureInfo:
     """The `ExposureInfo` a checked file will have in the store (epoch decided later)."""
     r = checked.record
     return ExposureInfo(
-        name=exposure_name(r.program, r.observation, r.exposure, r.visit),
+        name=checked.name,
         epoch=None,
         role="calibrator" if r.is_psf else "science",
         shape=r.slope.shape,
@@ -366,6 +392,8 @@ def _new_info(checked: CheckedExposure) -> ExposureInfo:
         sha256=checked.sha256,
         target_ra=checked.target_ra,
         target_dec=checked.target_dec,
+        kind=checked.kind,
+        gain=checked.gain,
         **{f: getattr(r, f) for f in META_FIELDS},
     )
 

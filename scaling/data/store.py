@@ -6,9 +6,11 @@ Layout (written by `scaling.data.ingest`):
         attributes: kind = "ami-campaign", schema_version, exposures (the committed
         names), epochs ({epoch: [names]}), epoch_rule ({"window_hours": h} or
         {"table": true})
-    exposures/<name>/            one group per exposure, attributes = its metadata
-        slope     float64 (ngroups-1, ny, nx)  e-/group, one Zstd-compressed chunk
-        variance  float64 (ngroups-1, ny, nx)  e-²
+    exposures/<name>/            one group per exposure, attributes = its metadata,
+                                 with kind ("slopes" or "rate") and gain (e-/DN)
+        slope     float64 (ngroups-1, ny, nx)  e-/group, one Zstd-compressed chunk;
+                          kind "rate": (1, ny, nx) count rate, e-/s
+        variance  float64 (ngroups-1, ny, nx)  e-²; kind "rate": (1, ny, nx) (e-/s)²
         badpix    bool    (ny, nx)             True = bad
 
 Only the names listed in the root's `exposures` attribute exist for readers, so a group
@@ -30,8 +32,10 @@ from scaling.data._zarr import Location, StoreError, as_store, describe, local_p
 from scaling.data.fitsio import META_FIELDS, ExposureMeta, ExposureRecord
 
 KIND = "ami-campaign"
-SCHEMA_VERSION = 1
-"""Bumped whenever the layout above changes; stores of another version are refused."""
+SCHEMA_VERSION = 2
+"""Bumped whenever the layout above changes; stores of another version are refused.
+2: exposures of kind "rate" (JWST rate products) beside "slopes"; each records its kind
+and gain."""
 
 ARRAYS = ("slope", "variance", "badpix")
 """The arrays of each exposure group; their names are the `ExposureRecord` fields."""
@@ -57,6 +61,8 @@ class ExposureInfo(ExposureMeta):
         shape: (ngroups-1, ny, nx) of its slopes.
         source_file: file name it was ingested from; sha256: that file's hex digest.
         target_ra, target_dec: target coordinates from the header, degrees, or None.
+        kind: 'slopes' (slopes in e-/group) or 'rate' (a count rate in e-/s, shape
+            (1, ny, nx)); gain: e-/DN applied to a rate product, None for slopes.
     """
 
     name: str
@@ -67,6 +73,8 @@ class ExposureInfo(ExposureMeta):
     sha256: str
     target_ra: float | None
     target_dec: float | None
+    kind: str
+    gain: float | None
 
     @property
     def cost(self) -> int:

@@ -1,7 +1,8 @@
 """Thorough checks of one exposure file before it enters a campaign store.
 
-`scaling.data.fitsio.read_exposure` parses the file (keywords, extensions, shapes); this module
-adds what a fit needs to be true of the values, and turns every failure into an
+`scaling.data.products.read_product` parses the file, a slope file or a JWST rate product
+(keywords, extensions, shapes, a product's units, exposure type, frames and subarray); this
+module adds what a fit needs to be true of the values, and turns every failure into an
 `IngestError` whose message starts with the file and names the field as the file spells
 it (e.g. SCI or SLOPE, PA_V3 or ROLL_REF):
 
@@ -21,7 +22,9 @@ import numpy as np
 from astropy.io import fits
 
 from model.constants import FILTERS
-from scaling.data.fitsio import ExposureRecord, read_exposure_with_names
+from scaling.data.fitsio import ExposureRecord
+from scaling.data.jwst import NIRISS_GAIN
+from scaling.data.products import Product, read_product
 
 _COORDINATES = {"TARG_RA": "target_ra", "TARG_DEC": "target_dec"}
 """Optional primary-header keywords (JWST names, degrees) kept for the WCS of exports."""
@@ -38,8 +41,10 @@ class CheckedExposure:
     Attributes:
         path: the file.
         sha256: hex digest of the file's bytes.
-        record: its metadata and arrays.
+        record: its metadata and arrays (in electrons; see `scaling.data.products`).
         target_ra, target_dec: target coordinates from TARG_RA/TARG_DEC, degrees, or None.
+        kind: 'slopes' or 'rate'; name: its exposure id.
+        gain: e-/DN applied to a rate product, None for slopes.
     """
 
     path: Path
@@ -47,6 +52,9 @@ class CheckedExposure:
     record: ExposureRecord
     target_ra: float | None
     target_dec: float | None
+    kind: str
+    name: str
+    gain: float | None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -58,29 +66,42 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def check_exposure(path: str | os.PathLike, sha256: str) -> CheckedExposure:
-    """Read `path` (whose bytes hash to `sha256`) and check every value a fit relies on.
+def check_gain(gain: float) -> None:
+    """Raise IngestError unless `gain` is a positive, finite number of e-/DN."""
+    if not (math.isfinite(gain) and gain > 0):
+        raise IngestError(f"gain: expected e-/DN > 0, got {gain}")
+
+
+def check_exposure(
+    path: str | os.PathLike, sha256: str, gain: float = NIRISS_GAIN
+) -> CheckedExposure:
+    """Read `path` (whose bytes hash to `sha256`; a rate product converted with `gain`
+    e-/DN) and check every value a fit relies on.
 
     Raises:
         IngestError: unreadable, truncated or non-FITS file; missing extension or keyword;
-            mismatched shapes; unknown filter; non-finite slopes or non-positive variance
-            on an unmasked pixel; every pixel masked; out-of-range header values.
+            mismatched shapes; unknown filter; a rate product the model cannot describe
+            (units, exposure type, frames per group, subarray, parity); non-finite slopes
+            or non-positive variance on an unmasked pixel; every pixel masked;
+            out-of-range header values.
     """
     path = Path(path)
-    record, names = _read(path)
+    product = _read(path, gain)
+    record, names = product.record, product.names
     _check_header(record, names, path)
     _check_arrays(record, names, path)
     coordinates = _coordinates(path)
-    return CheckedExposure(path, sha256, record, **coordinates)
+    return CheckedExposure(
+        path, sha256, record, **coordinates, kind=product.kind, name=product.name, gain=product.gain
+    )
 
 
-def _read(path: Path) -> tuple[ExposureRecord, dict[str, str]]:
-    """`read_exposure_with_names`, with truncation (a warning in astropy) and any failure
-    as errors."""
+def _read(path: Path, gain: float) -> Product:
+    """`read_product`, with truncation (a warning in astropy) and any failure as errors."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            read = read_exposure_with_names(path)
+            read = read_product(path, gain)
             failure = None
         except Exception as err:  # a malformed file can fail anywhere inside astropy
             read, failure = None, err
@@ -155,8 +176,11 @@ def _first_bad(path: Path, name: str, data: np.ndarray, bad: np.ndarray, what: s
 
 
 def _coordinates(path: Path) -> dict[str, float | None]:
-    """TARG_RA and TARG_DEC (degrees) of the primary header, None where absent."""
+    """TARG_RA and TARG_DEC (degrees) of the primary header, None where absent or marked
+    as placeholders (RADECSRC = 'PLACEHOLDER', as simulated products and exports write)."""
     header = fits.getheader(path, 0)
+    if header.get("RADECSRC") == "PLACEHOLDER":
+        return dict.fromkeys(_COORDINATES.values())
     values = {}
     for key, field in _COORDINATES.items():
         value = header.get(key)

@@ -4,7 +4,14 @@ L(params) = Σ_e NLL(data_e | model(shared, epoch(e), exposure e)) + Σ_epochs R
 
 Each epoch image carries its regulariser once (not once per exposure), with the weights
 given by name (see `model.regularisers.REGULARISERS`).
+
+`LIKELIHOODS` maps each kind of exposure data (`scaling.fitting.params.KINDS`) to its
+model functions; the loss, χ², residual maps, Fisher preconditioning and the reference
+loop all go through it.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -13,20 +20,68 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from model import ExposureModel
-from model.likelihood import whitened_residuals
+from model.likelihood import rate_whitened_residuals, whitened_residuals
 from model.regularisers import regularisation
 from model.source import normalise_log_image
 from scaling.fitting.params import Batch, Observation, make_batches, over_exposures
 
 
+class Likelihood(NamedTuple):
+    """The model functions of one kind of exposure data, each for one exposure.
+
+    `data` is the (s, p, p) `Observation.slopes`, `variance` its `Observation.variance`
+    (None for slopes), `bad` the (p, p) mask.
+
+    Attributes:
+        mean: (model, params, spec) → (s, p, p) model data.
+        nll: (model, params, spec, data, bad, variance, diagonal) → negative log-likelihood.
+        chi_squared: same arguments → (χ², number of measurements).
+        whiten: (values, mean, params, spec, variance, bad) → (s, p, p) values − mean
+            whitened by the data covariance at `params`, L⁻¹ (values − mean).
+    """
+
+    mean: Callable
+    nll: Callable
+    chi_squared: Callable
+    whiten: Callable
+
+
+LIKELIHOODS = {
+    "slopes": Likelihood(
+        mean=lambda m, p, spec: m.slopes(p, spec),
+        nll=lambda m, p, spec, data, bad, _, diagonal: m.nll(p, spec, data, bad, diagonal),
+        chi_squared=lambda m, p, spec, data, bad, _, diagonal: m.chi_squared(
+            p, spec, data, bad, diagonal
+        ),
+        whiten=lambda x, mean, p, spec, _, __: whitened_residuals(
+            x, mean, p["read_noise"], spec.nints
+        )[0],
+    ),
+    "rate": Likelihood(
+        mean=lambda m, p, spec: m.mean_rate(p, spec)[None],
+        nll=lambda m, p, spec, data, bad, var, _: m.rate_nll(p, spec, data[0], var[0], bad),
+        chi_squared=lambda m, p, spec, data, bad, var, _: m.rate_chi_squared(
+            p, spec, data[0], var[0], bad
+        ),
+        whiten=lambda x, mean, p, spec, var, bad: rate_whitened_residuals(
+            x[0], mean[0], var[0], bad
+        )[None],
+    ),
+}
+"""Kind of exposure data (`Observation.kind`) → its model functions."""
+
+
 def batch_nll(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
     """(b,) negative log-likelihood of every exposure in `batch` (0 for padding)."""
     nll = over_exposures(
-        lambda p, spec, slopes, bad: model.nll(p, spec, slopes, bad, diagonal),
+        lambda p, spec, data, bad, variance: LIKELIHOODS[batch.kind].nll(
+            model, p, spec, data, bad, variance, diagonal
+        ),
         batch,
         (params,),
         batch.slopes,
         batch.bad,
+        batch.variance,
     )
     return batch.weight * nll
 
@@ -60,11 +115,14 @@ def loss(model, params, batches, reg_weights, diagonal: bool = False) -> Float[A
 def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
     """((b,) χ², (b,) measurement counts) of every exposure in `batch` (0 for padding)."""
     chi2, count = over_exposures(
-        lambda p, spec, slopes, bad: model.chi_squared(p, spec, slopes, bad, diagonal),
+        lambda p, spec, data, bad, variance: LIKELIHOODS[batch.kind].chi_squared(
+            model, p, spec, data, bad, variance, diagonal
+        ),
         batch,
         (params,),
         batch.slopes,
         batch.bad,
+        batch.variance,
     )
     return batch.weight * chi2, batch.weight * count
 
@@ -85,15 +143,17 @@ def reduced_chi_squared(model: ExposureModel, params: dict, batches: list[Batch]
 @eqx.filter_jit
 def _whitened(model: ExposureModel, params: dict, batch: Batch):
     """(b, s, p, p) whitened residuals (data − model) of every exposure in `batch`."""
+    kind = LIKELIHOODS[batch.kind]
 
-    def one(p, spec, slopes):
-        return whitened_residuals(slopes, model.slopes(p, spec), p["read_noise"], spec.nints)[0]
+    def one(p, spec, data, bad, variance):
+        return kind.whiten(data, kind.mean(model, p, spec), p, spec, variance, bad)
 
-    return over_exposures(one, batch, (params,), batch.slopes)
+    return over_exposures(one, batch, (params,), batch.slopes, batch.bad, batch.variance)
 
 
 def residual_maps(model: ExposureModel, params: dict, observations: list[Observation], epochs):
-    """{exposure name: (p, p) mean whitened residual over slopes, NaN on bad pixels}."""
+    """{exposure name: (p, p) mean whitened residual over slopes (a rate's own), NaN on
+    bad pixels}."""
     names = [o.name for o in observations]
     out = {}
     for batch in make_batches(observations, names, epochs):

@@ -21,6 +21,9 @@ from jaxtyping import Array, Bool, Float, Int
 from model import ExposureSpec
 from scaling.config.roles import ROLES
 
+KINDS = ("slopes", "rate")
+"""Kinds of exposure data: a ramp's group-difference slopes or a pipeline's rate image."""
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -30,8 +33,12 @@ class Observation:
         name: unique exposure id.
         epoch: epoch name for a resolved (science) exposure, None for a calibrator.
         spec: the physics' description (filter, ngroups, roll, group time, nints, dither).
-        slopes: (ngroups-1, p, p) measured slopes, e-/group.
+        slopes: kind "slopes": (ngroups-1, p, p) measured slopes, e-/group; kind "rate":
+            (1, p, p) measured count rate, e-/s.
         bad: (p, p) True where a pixel is masked.
+        kind: "slopes" (group differences of a ramp) or "rate" (a pipeline's rate image).
+        variance: kind "rate": (1, p, p) the file's variance of the rate, (e-/s)²; None
+            for slopes (their covariance is modelled).
     """
 
     name: str
@@ -39,18 +46,31 @@ class Observation:
     spec: ExposureSpec
     slopes: np.ndarray
     bad: np.ndarray
+    kind: str = "slopes"
+    variance: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {KINDS}")
+        rate = self.kind == "rate"
+        if rate and (self.slopes.shape[0] != 1 or np.shape(self.variance) != self.slopes.shape):
+            raise ValueError(f"{self.name}: a rate needs (1, p, p) data and variance")
+        if not rate and self.variance is not None:
+            raise ValueError(f"{self.name}: slopes carry no variance (it is modelled)")
 
 
 class Batch(eqx.Module):
-    """Exposures of one filter, ramp length and kind, stacked along a leading axis.
+    """Exposures of one filter, ramp length, resolved or not and data kind, stacked along
+    a leading axis.
 
     Attributes:
         exposure_index: (b,) row of each exposure in the per-exposure parameters.
         epoch_index: (b,) row of its epoch in the per-epoch parameters (0 for calibrators).
         spec: ExposureSpec with (b,)-shaped traced fields.
-        slopes: (b, s, p, p) data; bad: (b, p, p) masks.
+        slopes: (b, s, p, p) data (s = 1 for rates); bad: (b, p, p) masks.
         weight: (b,) 1 for real exposures, 0 for padding added for device sharding.
-        filter, resolved: static.
+        filter, resolved, kind: static (`Observation.kind`).
+        variance: (b, 1, p, p) rate variances, (e-/s)², for kind "rate"; None for slopes.
     """
 
     exposure_index: Int[Array, " b"]
@@ -61,6 +81,8 @@ class Batch(eqx.Module):
     weight: Float[Array, " b"]
     filter: str = eqx.field(static=True)
     resolved: bool = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
+    variance: Float[Array, "b 1 p p"] | None = None
 
     @property
     def size(self) -> int:
@@ -70,16 +92,16 @@ class Batch(eqx.Module):
 def make_batches(
     observations: list[Observation], exposure_names: list[str], epoch_names: list[str]
 ) -> list[Batch]:
-    """Group observations by (filter, ngroups, resolved, shape) and stack each group.
+    """Group observations by (filter, ngroups, resolved, shape, kind) and stack each group.
 
     Order inside a batch follows `observations`, so results do not depend on dict order.
     """
     groups: dict[tuple, list[Observation]] = {}
     for obs in observations:
         key = (obs.spec.filter, obs.spec.ngroups, obs.epoch is not None, obs.slopes.shape)
-        groups.setdefault(key, []).append(obs)
+        groups.setdefault((*key, obs.kind), []).append(obs)
     batches = []
-    for (filt, _, resolved, _), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (filt, _, resolved, _, kind), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         specs = [o.spec for o in members]
         spec = jax.tree.map(lambda *xs: jnp.stack(xs), *specs)
         batches.append(
@@ -94,9 +116,18 @@ def make_batches(
                 weight=jnp.ones(len(members)),
                 filter=filt,
                 resolved=resolved,
+                kind=kind,
+                variance=_stacked_variance(members),
             )
         )
     return batches
+
+
+def _stacked_variance(members: list[Observation]) -> Float[Array, "b 1 p p"] | None:
+    """The members' rate variances stacked, or None for slopes (which carry none)."""
+    if members[0].variance is None:
+        return None
+    return jnp.asarray(np.stack([o.variance for o in members]), dtype=jnp.float64)
 
 
 def exposure_params(params: dict, batch: Batch, i_exposure, i_epoch) -> dict:

@@ -2,7 +2,8 @@
 
 For a Gaussian likelihood with covariance C (held at its value at the start), the Fisher
 information of parameter θ_i is F_ii = Σ_exposures Σ_pixels (L⁻¹ ∂μ/∂θ_i)², with C = L Lᵀ
-each pixel's slope covariance and μ the model slopes. The engine multiplies the gradient
+each pixel's slope covariance and μ the model slopes (for a rate exposure μ is the model
+rate and L the file's σ). The engine multiplies the gradient
 of a preconditioned parameter by 1 / F_ii, so a unit learning rate is a diagonal
 Gauss-Newton step whatever the parameter's scale. Parameters not listed keep a factor 1.
 """
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model import ExposureModel
-from model.likelihood import whitened_residuals
+from scaling.fitting.objective import LIKELIHOODS
 from scaling.fitting.params import Batch, over_exposures
 
 PRECONDITIONED = (
@@ -23,19 +24,23 @@ PRECONDITIONED = (
     "aberrations",
     "positions",
     "log_fluxes",
+    "separation",
+    "position_angle",
+    "contrast",
 )
 """Default parameters scaled by their inverse Fisher diagonal."""
 
 
 def _whitened_model(model: ExposureModel, params: dict, reference: dict, batch: Batch):
     """(b, s, p, p) L⁻¹ μ(params) with L from the model at `reference`; 0 on bad pixels."""
+    kind = LIKELIHOODS[batch.kind]
 
-    def one(p, p0, spec, bad):
-        mu0 = jax.lax.stop_gradient(model.slopes(p0, spec))
-        y, _ = whitened_residuals(model.slopes(p, spec), mu0, p0["read_noise"], spec.nints)
+    def one(p, p0, spec, bad, variance):
+        mu0 = jax.lax.stop_gradient(kind.mean(model, p0, spec))
+        y = kind.whiten(kind.mean(model, p, spec), mu0, p0, spec, variance, bad)
         return jnp.where(bad, 0.0, y)
 
-    whitened = over_exposures(one, batch, (params, reference), batch.bad)
+    whitened = over_exposures(one, batch, (params, reference), batch.bad, batch.variance)
     return batch.weight[:, None, None, None] * whitened
 
 

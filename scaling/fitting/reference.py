@@ -9,12 +9,13 @@ import jax
 import jax.numpy as jnp
 
 from model import ExposureModel
-from scaling.fitting.objective import regulariser_terms
+from scaling.fitting.objective import LIKELIHOODS, regulariser_terms
 from scaling.fitting.params import Observation, select
 
 
-def _exposure_loss(model, params, i_exp, i_epoch, filt, spec, slopes, bad, diagonal):
-    return model.nll(select(params, filt, i_exp, i_epoch), spec, slopes, bad, diagonal)
+def _exposure_loss(model, params, i_exp, i_epoch, filt, kind, spec, data, bad, var, diagonal):
+    p = select(params, filt, i_exp, i_epoch)
+    return LIKELIHOODS[kind].nll(model, p, spec, data, bad, var, diagonal)
 
 
 _value_and_grad = eqx.filter_jit(jax.value_and_grad(_exposure_loss, argnums=1))
@@ -40,9 +41,11 @@ def reference_value_and_grad(
             exposure_names.index(obs.name),
             i_epoch,
             obs.spec.filter,
+            obs.kind,
             obs.spec,
             jnp.asarray(obs.slopes),
             jnp.asarray(obs.bad),
+            None if obs.variance is None else jnp.asarray(obs.variance, dtype=jnp.float64),
             diagonal,
         )
         total = total + value

@@ -17,30 +17,39 @@ from scaling.fitting.params import Observation
 
 
 def load_observations(campaign: Campaign, names) -> list[Observation]:
-    """Observations of the named exposures, read from the store (float64, bool masks)."""
+    """Observations of the named exposures, read from the store (float64, bool masks); a
+    rate exposure (kind 'rate') brings its rate e-/s and variance (e-/s)², (1, p, p)."""
     records = campaign.read(names)
     observations = []
     for name in names:
         info, rec = campaign.info(name), records[name]
         spec = make_spec(
             info.filter,
-            rec.slope.shape[0] + 1,
+            info.ngroups,
             roll=info.roll,
             group_time=info.group_time,
             nints=info.nints,
             dither=(info.dither_x, info.dither_y),
         )
-        observations.append(Observation(name, info.epoch, spec, rec.slope, rec.badpix))
+        variance = rec.variance if info.kind == "rate" else None
+        observations.append(
+            Observation(name, info.epoch, spec, rec.slope, rec.badpix, info.kind, variance)
+        )
     return observations
 
 
 def initial_shared(config: FitConfig, model: ExposureModel) -> dict:
-    """Starting shared parameters: nominal detector, no aberration (float64); a per-filter
-    parameter (`ROLES`) starts with the same value in every filter of the model."""
+    """Starting shared parameters: nominal detector, no aberration, the `[binary]` start
+    when enabled (float64); a per-filter parameter (`ROLES`) starts with the same value in
+    every filter of the model."""
     shared = nominal_detector(model.npix)
     shared["jitter"] = jnp.asarray(config.jitter)
     shared["read_noise"] = jnp.asarray(config.read_noise)
     shared["aberrations"] = jnp.zeros(model.optics.pupil.basis.shape[0])
+    if config.binary.enabled:
+        shared["separation"] = jnp.asarray(config.binary.separation)
+        shared["position_angle"] = jnp.asarray(config.binary.position_angle)
+        shared["contrast"] = jnp.asarray(config.binary.contrast)
     filters = sorted(model.bandpasses)
     shared = {
         name: {f: value for f in filters} if ROLES[name].per_filter else value
@@ -52,10 +61,12 @@ def initial_shared(config: FitConfig, model: ExposureModel) -> dict:
 def initial_local(config: FitConfig, observations: list[Observation], n_epochs: int) -> dict:
     """Starting local parameters: centred sources, flat images (float64).
 
-    Each exposure's flux starts at its measured count rate (good pixels, mean slope).
+    Each exposure's flux starts at its measured count rate (good pixels: the rate, or
+    the mean slope over the group time).
     """
     rates = [
-        np.sum(np.where(o.bad, 0.0, o.slopes).mean(axis=0)) / float(o.spec.group_time)
+        np.sum(np.where(o.bad, 0.0, o.slopes).mean(axis=0))
+        / (1.0 if o.kind == "rate" else float(o.spec.group_time))
         for o in observations
     ]
     n = len(observations)
