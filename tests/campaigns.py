@@ -1,6 +1,7 @@
 """Every tiny campaign the tests build, from the smallest to the most complete.
 
-* `tiny_campaign`: observations in memory, simulated by the model (engine and L-BFGS tests);
+* `tiny_campaign`: observations in memory, simulated by the model (L-BFGS tests), and
+  `mixed_campaign`, the same with some exposures measured as rates (engine, rate tests);
 * `make_record`, `write_campaign`: synthetic exposure files of random data, 8×8 pixels
   (store, ingest and results tests); `write_rate_file`: a JWST-like rate product, 80×80;
 * `simulated_campaign`: `scaling simulate` of a config, ingested into a store (fit,
@@ -14,6 +15,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
@@ -23,7 +25,7 @@ from scaling.config import load_config
 from scaling.data.fitsio import ExposureMeta, ExposureRecord, exposure_name, write_exposure
 from scaling.data.ingest import ingest
 from scaling.data.products import write_rate_product
-from scaling.fitting.params import Observation, exposure_params, make_batches
+from scaling.fitting.params import Observation, exposure_params, make_batches, select
 from scaling.simulate import simulate
 
 # --- in memory --------------------------------------------------------------------------
@@ -212,3 +214,41 @@ def simulated_campaign(config: str, root: Path) -> Path:
     files = simulate(load_config(config), root / "sim", progress=False)
     ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
     return root / "sim"
+
+
+READ_NOISE = 10.0
+"""Read noise per read of the simulated rate variances, e-."""
+
+
+def rate_variance(mean: np.ndarray, spec) -> np.ndarray:
+    """A pipeline-like variance of a rate, (e-/s)²: Poisson and read noise over the
+    integration time T = (ngroups-1) group_time nints."""
+    t = (spec.ngroups - 1) * float(spec.group_time) * float(spec.nints)
+    return np.clip(mean, 0.0, None) / t + (READ_NOISE / t) ** 2
+
+
+def simulate_rate(model, params, spec, bad, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(data, variance), each (p, p): a Gaussian draw around the mean rate, NaN on bad pixels."""
+    mean = np.asarray(eqx.filter_jit(model.mean_rate)(params, spec))
+    variance = rate_variance(mean, spec)
+    data = mean + np.sqrt(variance) * rng.standard_normal(mean.shape)
+    return np.where(bad, np.nan, data), np.where(bad, np.nan, variance)
+
+
+RATE_EXPOSURES = ("sci01", "sci11", "cal0")
+"""Exposures of `mixed_campaign` observed as rates (the others as slopes)."""
+
+
+def mixed_campaign():
+    """`tiny_campaign` with `RATE_EXPOSURES` replaced by rate observations (NaN on the
+    bad pixel): (model, truth, observations, names, epochs)."""
+    m, truth, obs, names, epochs = tiny_campaign()
+    rng = np.random.default_rng(5)
+    mixed = []
+    for i, o in enumerate(obs):
+        if o.name in RATE_EXPOSURES:
+            p = select(truth, o.spec.filter, i, None if o.epoch is None else epochs.index(o.epoch))
+            data, variance = simulate_rate(m, p, o.spec, o.bad, rng)
+            o = dataclasses.replace(o, slopes=data[None], kind="rate", variance=variance[None])
+        mixed.append(o)
+    return m, truth, mixed, names, epochs

@@ -1,5 +1,8 @@
 """The single-process engine: batched gradients, optimisers, start steps, resume, devices,
-and one compilation of each half step for a whole fit."""
+and one compilation of each half step for a whole fit.
+
+The campaign mixes exposure kinds (`tests.campaigns.mixed_campaign`: some exposures are
+measured rates, the others ramp slopes), so every check here covers both likelihoods."""
 
 import itertools
 import json
@@ -22,14 +25,14 @@ from scaling.fitting.engine import FitSettings, join, make_fitter, renormalise_i
 from scaling.fitting.objective import loss
 from scaling.fitting.params import make_batches
 from scaling.fitting.reference import reference_value_and_grad
-from tests.campaigns import tiny_campaign
+from tests.campaigns import mixed_campaign
 
 REG = {"tv": 1.0, "maxent": 0.1}
 
 
 @pytest.fixture(scope="module")
 def campaign():
-    m, truth, obs, names, epochs = tiny_campaign()
+    m, truth, obs, names, epochs = mixed_campaign()
     return m, truth, obs, names, epochs, make_batches(obs, names, epochs)
 
 
@@ -78,8 +81,8 @@ def fitted(campaign):
 
 def test_batches_group_by_kind(campaign):
     *_, batches = campaign
-    sizes = sorted((b.resolved, b.size) for b in batches)
-    assert sizes == [(False, 1), (True, 4)]
+    sizes = sorted((b.resolved, b.kind, b.size) for b in batches)
+    assert sizes == [(False, "rate", 1), (True, "rate", 2), (True, "slopes", 2)]
     for b in batches:
         assert sorted(set(np.asarray(b.exposure_index))) == sorted(np.asarray(b.exposure_index))
 
@@ -161,22 +164,24 @@ DEVICE_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from scaling.fitting.engine import make_fitter, shard_batches
     from scaling.fitting.params import make_batches
-    from tests.campaigns import tiny_campaign
+    from tests.campaigns import mixed_campaign
     from tests.test_engine import SETTINGS, _perturbed, fit_steps
-    m, truth, obs, names, epochs = tiny_campaign()
+    m, truth, obs, names, epochs = mixed_campaign()
     batches = shard_batches(make_batches(obs, names, epochs))
+    padded = sorted(int(np.sum(np.asarray(b.weight) == 0)) for b in batches)
     start = _perturbed(truth)
     path, _, terms = fit_steps(make_fitter(m, start, batches, SETTINGS), start, batches, 3)
     leaves = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(path[-1])]
-    shards = len(batches[-1].slopes.sharding.device_set)
-    print(json.dumps({"devices": jax.local_device_count(), "shards": shards,
+    shards = sorted(len(b.slopes.sharding.device_set) for b in batches)
+    print(json.dumps({"devices": jax.local_device_count(), "shards": shards, "padded": padded,
                       "loss": [t["total"] for t in terms], "params": leaves}))
     """
 )
 
 
 def test_two_devices_equal_one(fitted):
-    """The same 3 steps with exposures sharded over 2 (fake CPU) devices."""
+    """The same 3 steps with exposures sharded over 2 (fake CPU) devices: the
+    1-exposure batch (a calibrator's rate, with its variance) is padded to 2."""
     _, _, path, _, terms = fitted
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,7 +190,7 @@ def test_two_devices_equal_one(fitted):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (two["devices"], two["shards"]) == (2, 2)
+    assert (two["devices"], two["shards"], two["padded"]) == (2, [2, 2, 2], [0, 0, 1])
     np.testing.assert_allclose(two["loss"], [t["total"] for t in terms], rtol=1e-12)
     ref = [np.asarray(x).ravel() for x in jax.tree.leaves(path[-1])]
     for a, b in zip(two["params"], ref, strict=True):

@@ -9,11 +9,6 @@ Gauss-Newton step and shards with zero-weight padding.
 """
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import equinox as eqx
 import jax
@@ -24,19 +19,14 @@ from jax.scipy.stats import norm
 
 from model import make_spec
 from model.likelihood import rate_nll
-from scaling.config import OptimiserConfig
-from scaling.fitting.engine import FitSettings, make_fitter
 from scaling.fitting.objective import (
     LIKELIHOODS,
     batch_chi_squared,
-    loss,
     residual_maps,
 )
-from scaling.fitting.params import KINDS, Observation, make_batches, select
-from scaling.fitting.reference import reference_value_and_grad
-from tests.campaigns import tiny_campaign
+from scaling.fitting.params import KINDS, Observation, make_batches
+from tests.campaigns import mixed_campaign, simulate_rate
 from tests.helpers import NPIX, ami_spec, tree_allclose
-from tests.test_engine import REG, fit_steps
 from tests.test_gradients import Problem, _check_group, _perturbed
 
 RATE_GROUPS = [
@@ -51,25 +41,6 @@ RATE_GROUPS = [
     "dark",
 ]
 """Parameters a rate depends on; `bfe`, `nonlinearity` and `read_noise` act on ramps only."""
-
-READ_NOISE = 10.0
-"""Read noise per read of the simulated rate variances, e-."""
-
-
-def rate_variance(mean: np.ndarray, spec) -> np.ndarray:
-    """A pipeline-like variance of a rate, (e-/s)²: Poisson and read noise over the
-    integration time T = (ngroups-1) group_time nints."""
-    t = (spec.ngroups - 1) * float(spec.group_time) * float(spec.nints)
-    return np.clip(mean, 0.0, None) / t + (READ_NOISE / t) ** 2
-
-
-def simulate_rate(model, params, spec, bad, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(data, variance), each (p, p): a Gaussian draw around the mean rate, NaN on bad pixels."""
-    mean = np.asarray(eqx.filter_jit(model.mean_rate)(params, spec))
-    variance = rate_variance(mean, spec)
-    data = mean + np.sqrt(variance) * rng.standard_normal(mean.shape)
-    return np.where(bad, np.nan, data), np.where(bad, np.nan, variance)
-
 
 BAD = np.zeros((NPIX, NPIX), dtype=bool)
 BAD[3, 4] = BAD[11, 7] = True
@@ -162,24 +133,6 @@ def test_nan_on_bad_pixels_reaches_neither_value_nor_gradient(
 
 # --- engine -----------------------------------------------------------------------------
 
-RATE_EXPOSURES = ("sci01", "sci11", "cal0")
-"""Exposures of `mixed_campaign` observed as rates (the others as slopes)."""
-
-
-def mixed_campaign():
-    """`tiny_campaign` with `RATE_EXPOSURES` replaced by rate observations (NaN on the
-    bad pixel): (model, truth, observations, names, epochs)."""
-    m, truth, obs, names, epochs = tiny_campaign()
-    rng = np.random.default_rng(5)
-    mixed = []
-    for i, o in enumerate(obs):
-        if o.name in RATE_EXPOSURES:
-            p = select(truth, o.spec.filter, i, None if o.epoch is None else epochs.index(o.epoch))
-            data, variance = simulate_rate(m, p, o.spec, o.bad, rng)
-            o = dataclasses.replace(o, slopes=data[None], kind="rate", variance=variance[None])
-        mixed.append(o)
-    return m, truth, mixed, names, epochs
-
 
 @pytest.fixture(scope="module")
 def mixed():
@@ -228,20 +181,6 @@ def _perturbed_campaign(truth):
     return start
 
 
-def test_engine_equals_reference_loop_on_a_mixed_campaign(mixed):
-    m, truth, obs, names, epochs, batches = mixed
-    params = _perturbed_campaign(truth)
-    value, grads = eqx.filter_jit(jax.value_and_grad(loss, argnums=1))(m, params, batches, REG)
-    ref_value, ref_grads = reference_value_and_grad(m, params, obs, names, epochs, REG)
-    assert np.isfinite(float(value))
-    assert abs(float(value - ref_value)) <= 1e-10 * abs(float(ref_value))
-    for (path, g), r in zip(
-        jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True
-    ):
-        scale = float(jnp.max(jnp.abs(r)))
-        assert float(jnp.max(jnp.abs(g - r))) <= 1e-10 * scale + 1e-300, path
-
-
 def test_rate_residual_maps_and_chi_squared(mixed):
     """A rate's residual map is its whitened residual (NaN on bad pixels), whose squares
     sum to its χ²."""
@@ -256,60 +195,3 @@ def test_rate_residual_maps_and_chi_squared(mixed):
                 good = ~o.bad
                 assert int(count[k]) == good.sum()
                 np.testing.assert_allclose(np.sum(maps[o.name][good] ** 2), chi2[k], rtol=1e-12)
-
-
-def test_preconditioned_sgd_on_rate_fluxes_is_a_gauss_newton_step(mixed):
-    """With 1/F scaling (F from μ/σ for a rate), lr=1 sgd on fluxes converges in a few steps."""
-    m, truth, _, names, _, batches = mixed
-    start = jax.tree.map(lambda x: x, truth)
-    start["exposure"]["log_flux"] = truth["exposure"]["log_flux"] + 0.01
-    settings = FitSettings({"log_flux": OptimiserConfig("sgd", 1.0, 0, True)}, REG)
-    steps, *_ = fit_steps(make_fitter(m, start, batches, settings), start, batches, 6)
-    rates = [names.index(n) for n in RATE_EXPOSURES]
-    path = [np.asarray(p["exposure"]["log_flux"])[rates] for p in steps]
-    final = path[-1]
-    first_error = np.abs(np.asarray(start["exposure"]["log_flux"])[rates] - final).max()
-    assert first_error > 1e-3
-    assert np.abs(path[2] - final).max() < 1e-2 * first_error
-    assert np.abs(path[4] - path[5]).max() < 1e-4 * first_error
-
-
-SHARD_SCRIPT = textwrap.dedent(
-    """
-    import json
-    import equinox as eqx, jax, numpy as np
-    from scaling.fitting.engine import shard_batches
-    from scaling.fitting.objective import loss
-    from scaling.fitting.params import make_batches
-    from tests.test_rate import REG, _perturbed_campaign, mixed_campaign
-    m, truth, obs, names, epochs = mixed_campaign()
-    batches = shard_batches(make_batches(obs, names, epochs))
-    padded = [int(np.sum(np.asarray(b.weight) == 0)) for b in batches if b.kind == "rate"]
-    value, grads = eqx.filter_jit(jax.value_and_grad(loss, argnums=1))(
-        m, _perturbed_campaign(truth), batches, REG
-    )
-    print(json.dumps({"devices": jax.local_device_count(), "padded": padded,
-                      "value": float(value),
-                      "grads": [np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grads)]}))
-    """
-)
-
-
-def test_sharded_rate_batches_pad_with_zero_weight(mixed):
-    """Value and gradient with the exposures sharded over 2 (fake CPU) devices, the
-    1-exposure rate batch padded to 2, equal those in one process."""
-    m, truth, *_, batches = mixed
-    value, grads = eqx.filter_jit(jax.value_and_grad(loss, argnums=1))(
-        m, _perturbed_campaign(truth), batches, REG
-    )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARD_SCRIPT], env=env, cwd=root, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert two["devices"] == 2 and sorted(two["padded"]) == [0, 1]
-    np.testing.assert_allclose(two["value"], float(value), rtol=1e-12)
-    for a, b in zip(two["grads"], jax.tree.leaves(grads), strict=True):
-        np.testing.assert_allclose(a, np.asarray(b).ravel(), rtol=1e-10, atol=1e-12)
