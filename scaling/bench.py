@@ -260,18 +260,14 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    """Run `scaling bench`; returns 0, or 2 on a bad config or path."""
+    """Run `scaling bench`; returns 0 (bad input raises: `scaling.cli.main` reports it)."""
     words = ["scaling", "bench", str(args.config), "--out", str(args.out)]
     command = shlex.join([*words, "--repeats", str(args.repeats)])
-    try:
-        if args.repeats < 1:
-            raise ValueError(f"--repeats: expected an integer >= 1, got {args.repeats}")
-        result = run_bench(args.config, args.repeats, command, progress=not args.quiet)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    except (ValueError, OSError) as err:
-        print(f"scaling bench: error: {err}", file=sys.stderr)
-        return 2
+    if args.repeats < 1:
+        raise ValueError(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    result = run_bench(args.config, args.repeats, command, progress=not args.quiet)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
     print(f"written   {args.out}")
     return 0

@@ -92,17 +92,13 @@ def _fit(args: argparse.Namespace) -> int:
     from scaling.config import FitConfig
     from scaling.fit import fit_campaign
 
-    try:
-        config = load_config(args.config)
-        if not isinstance(config, FitConfig):
-            raise ValueError(f"{args.config}: kind: expected 'fit', got {config.KIND!r}")
-        config = _with_cluster(config, args)
-        outcome = fit_campaign(
-            config, resume=args.resume, progress=not args.quiet, stepper=args.stepper(config)
-        )
-    except (ValueError, OSError) as err:
-        print(f"scaling fit: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    config = load_config(args.config)
+    if not isinstance(config, FitConfig):
+        raise ValueError(f"{args.config}: kind: expected 'fit', got {config.KIND!r}")
+    config = _with_cluster(config, args)
+    outcome = fit_campaign(
+        config, resume=args.resume, progress=not args.quiet, stepper=args.stepper(config)
+    )
     print(
         f"fit       {outcome.step} steps, final loss {outcome.history['total'][-1]:.6g}, "
         f"reduced chi2 {outcome.reduced_chi2:.3f}, results {config.results}, "
@@ -191,10 +187,10 @@ def main(argv: Sequence[str] | None = None, stepper_for: Callable = in_process_o
     """
     args = _parser().parse_args(argv)
     args.stepper = stepper_for
-    if hasattr(args, "handler"):
-        return args.handler(args)
     start = time.perf_counter()
     try:
+        if hasattr(args, "handler"):
+            return args.handler(args)
         COMMANDS[args.command][1](args)
     except (ValueError, OSError) as err:
         print(f"scaling {args.command}: error: {err}", file=sys.stderr)

@@ -1,6 +1,5 @@
 """FITS → campaign store: validation, idempotence, appends, epochs, atomicity, the CLI."""
 
-import argparse
 import dataclasses
 import json
 import os
@@ -17,10 +16,10 @@ import pytest
 import zarr
 from astropy.io import fits
 
+from scaling.cli import main
 from scaling.data._zarr import StoreError
 from scaling.data.fitsio import META_FIELDS, ExposureRecord, read_exposure
 from scaling.data.ingest import (
-    add_ingest_parser,
     ingest,
     load_epoch_table,
     summary_table,
@@ -49,10 +48,7 @@ def campaign(tmp_path):
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="scaling")
-    add_ingest_parser(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    return main(argv)
 
 
 def test_round_trip_is_bit_identical(tmp_path):

@@ -15,6 +15,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 import scaling.data.results as results_module
+from scaling.cli import main
 from scaling.data._zarr import StoreError
 from scaling.data.export import add_export_parser, export_fits
 from scaling.data.results import EpochImage, Results
@@ -227,8 +228,5 @@ def test_export_command(tmp_path, capsys):
     assert args.handler(args) == 0
     assert "2 epoch images written" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["IO_001.fits", "IO_002.fits"]
-    args = parser.parse_args(
-        ["export", str(tmp_path / "absent.zarr"), "--fits", str(tmp_path / "x")]
-    )
-    assert args.handler(args) == 2
-    assert "absent.zarr" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "absent.zarr"), "--fits", str(tmp_path / "x")]) == 2
+    assert "scaling export: error:" in (err := capsys.readouterr().err) and "absent.zarr" in err

@@ -26,7 +26,6 @@ import argparse
 import glob
 import os
 import shutil
-import sys
 import tomllib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,7 +39,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from scaling.data._zarr import Location, StoreError, as_store, consolidate, describe, local_path
+from scaling.data._zarr import Location, as_store, consolidate, describe, local_path
 from scaling.data.fitsio import META_FIELDS
 from scaling.data.jwst import NIRISS_GAIN
 from scaling.data.store import (
@@ -259,19 +258,24 @@ def aligned(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def add_ingest_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr`."""
-    summary = "check FITS exposures (slope files, JWST rate products) and add them to a store"
-    p = subparsers.add_parser("ingest", help=summary, description=summary)
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="FITS files or patterns")
-    p.add_argument("--out", required=True, metavar="CAMPAIGN.zarr", help="path or fsspec URL")
-    p.add_argument(
+def add_gain_option(parser: argparse.ArgumentParser) -> None:
+    """`--gain E_PER_DN` (default NIRISS's) for commands that read JWST rate products."""
+    parser.add_argument(
         "--gain",
         type=float,
         default=NIRISS_GAIN,
         metavar="E_PER_DN",
         help=f"detector gain for JWST rate products in DN/s (default NIRISS {NIRISS_GAIN})",
     )
+
+
+def add_ingest_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr`."""
+    summary = "check FITS exposures (slope files, JWST rate products) and add them to a store"
+    p = subparsers.add_parser("ingest", help=summary, description=summary)
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="FITS files or patterns")
+    p.add_argument("--out", required=True, metavar="CAMPAIGN.zarr", help="path or fsspec URL")
+    add_gain_option(p)
     epochs = p.add_mutually_exclusive_group()
     epochs.add_argument(
         "--epoch-window-hours",
@@ -287,20 +291,16 @@ def add_ingest_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def ingest_command(args: argparse.Namespace) -> int:
-    """Run `scaling ingest`; prints the summary table. Returns 0, or 2 on bad input."""
-    try:
-        table = load_epoch_table(args.epoch_table) if args.epoch_table else None
-        result = ingest(
-            args.inputs,
-            args.out,
-            window_hours=args.epoch_window_hours,
-            epoch_table=table,
-            progress=not args.quiet,
-            gain=args.gain,
-        )
-    except (IngestError, StoreError) as err:
-        print(f"scaling ingest: error: {err}", file=sys.stderr)
-        return 2
+    """Run `scaling ingest` and print the summary; bad input raises (`cli.main` reports it)."""
+    table = load_epoch_table(args.epoch_table) if args.epoch_table else None
+    result = ingest(
+        args.inputs,
+        args.out,
+        window_hours=args.epoch_window_hours,
+        epoch_table=table,
+        progress=not args.quiet,
+        gain=args.gain,
+    )
     print(summary_table(result.campaign, result.added))
     print(
         f"{len(result.added)} exposures added, {len(result.skipped)} already present; "

@@ -11,20 +11,19 @@ and checked as `scaling ingest` does them, so a file inspect refuses, ingest ref
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
-from scaling.data._zarr import StoreError, local_path
+from scaling.data._zarr import local_path
 from scaling.data.fitsio import ExposureRecord
-from scaling.data.ingest import aligned, expand_inputs
+from scaling.data.ingest import add_gain_option, aligned, expand_inputs
 from scaling.data.jwst import NIRISS_GAIN, UNUSABLE_DQ_FLAGS
 from scaling.data.products import RATE
 from scaling.data.store import Campaign
-from scaling.data.validate import IngestError, check_exposure, check_gain, file_sha256
+from scaling.data.validate import check_exposure, check_gain, file_sha256
 
 COLUMNS = (
     "file",
@@ -108,22 +107,12 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "inputs", nargs="+", metavar="FILE_OR_STORE", help="FITS files, patterns or stores"
     )
-    p.add_argument(
-        "--gain",
-        type=float,
-        default=NIRISS_GAIN,
-        metavar="E_PER_DN",
-        help=f"detector gain for JWST rate products in DN/s (default NIRISS {NIRISS_GAIN})",
-    )
+    add_gain_option(p)
     p.set_defaults(handler=inspect_command)
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    """Run `scaling inspect`; prints the table. Returns 0, or 2 on bad input."""
-    try:
-        rows = inspect_rows(args.inputs, args.gain)
-    except (IngestError, StoreError) as err:
-        print(f"scaling inspect: error: {err}", file=sys.stderr)
-        return 2
+    """Run `scaling inspect` and print the table; bad input raises (`cli.main` reports it)."""
+    rows = inspect_rows(args.inputs, args.gain)
     print(aligned([COLUMNS, *rows]))
     return 0

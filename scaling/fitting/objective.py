@@ -71,10 +71,11 @@ LIKELIHOODS = {
 """Kind of exposure data (`Observation.kind`) → its model functions."""
 
 
-def batch_nll(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
-    """(b,) negative log-likelihood of every exposure in `batch` (0 for padding)."""
-    nll = over_exposures(
-        lambda p, spec, data, bad, variance: LIKELIHOODS[batch.kind].nll(
+def _per_exposure(model: ExposureModel, params: dict, batch: Batch, term: str, diagonal: bool):
+    """`term` ("nll" or "chi_squared") of every exposure in `batch`, by its kind's likelihood."""
+    likelihood = getattr(LIKELIHOODS[batch.kind], term)
+    return over_exposures(
+        lambda p, spec, data, bad, variance: likelihood(
             model, p, spec, data, bad, variance, diagonal
         ),
         batch,
@@ -83,7 +84,11 @@ def batch_nll(model: ExposureModel, params: dict, batch: Batch, diagonal: bool =
         batch.bad,
         batch.variance,
     )
-    return batch.weight * nll
+
+
+def batch_nll(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
+    """(b,) negative log-likelihood of every exposure in `batch` (0 for padding)."""
+    return batch.weight * _per_exposure(model, params, batch, "nll", diagonal)
 
 
 def regulariser_terms(params: dict, weights: dict[str, float]) -> Float[Array, ""]:
@@ -114,16 +119,7 @@ def loss(model, params, batches, reg_weights, diagonal: bool = False) -> Float[A
 
 def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
     """((b,) χ², (b,) measurement counts) of every exposure in `batch` (0 for padding)."""
-    chi2, count = over_exposures(
-        lambda p, spec, data, bad, variance: LIKELIHOODS[batch.kind].chi_squared(
-            model, p, spec, data, bad, variance, diagonal
-        ),
-        batch,
-        (params,),
-        batch.slopes,
-        batch.bad,
-        batch.variance,
-    )
+    chi2, count = _per_exposure(model, params, batch, "chi_squared", diagonal)
     return batch.weight * chi2, batch.weight * count
 
 
