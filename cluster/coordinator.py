@@ -247,7 +247,7 @@ class RayStepper:
         maps = self._gather([w.residual_maps.remote(shared) for w in self.workers], "residuals")
         return {name: m[name] for m in maps for name in m}
 
-    def refine(self, names, steps: int, memory: int) -> list[float]:
+    def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
         raise ValueError("quasi_newton: the L-BFGS stage runs in one process only")
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import ray
 
 from scaling.config import FitConfig
 from scaling.data.results import Results
-from scaling.data.store import Campaign, Shard
+from scaling.data.store import Shard
 from scaling.fitting.engine import (
     initial_scale,
     join,
@@ -32,6 +32,7 @@ from scaling.fitting.params import make_batches
 from scaling.fitting.start import (
     initial_params,
     load_observations,
+    open_selection,
     settings_from,
 )
 
@@ -80,7 +81,7 @@ class ShardWorker:
         self.label = f"worker {shard.index}"
         check_devices(config.cluster.gpus_per_worker, self.label)
         self.config, self.shard = config, shard
-        self.observations = load_observations(Campaign.open(config.campaign), shard.exposures)
+        self.observations = load_observations(open_selection(config), shard.exposures)
         self.model = config.instrument.build(filters)
         self.epochs = list(shard.epochs)
         self.settings = settings_from(config, self.observations)

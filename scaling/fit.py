@@ -22,6 +22,7 @@ from scaling.data.export import export_fits
 from scaling.data.results import EpochImage, Results
 from scaling.data.store import Campaign
 from scaling.fitting.engine import FitResult
+from scaling.fitting.start import open_selection
 from scaling.fitting.stepper import InProcess, Stepper, StepperFactory, WorkerLost
 from scaling.report.fit_plots import write_fit_pictures
 from scaling.report.tracking import fit_run, tracking_uri
@@ -60,13 +61,14 @@ def fit_campaign(
     stepper: StepperFactory | None = None,
     callback: Callable[[int, Stepper], None] | None = None,
 ) -> FitOutcome:
-    """Fit the campaign store named by `config` (see the module docstring).
+    """Fit the exposures of the campaign store that `config` selects (see the module
+    docstring and `scaling.fitting.start.open_selection`).
 
     `stepper` builds what runs the steps (default `InProcess`; `cluster` passes a Ray
     one); `callback(step, stepper)` runs after every step. The fit's pictures are logged
     to MLflow and, with `pictures`, also kept in that folder.
     """
-    campaign = Campaign.open(config.campaign)
+    campaign = open_selection(config)
     epochs = sorted(campaign.epochs)
     model = config.instrument.build(sorted({campaign.info(n).filter for n in campaign.names}))
     runner = (stepper or InProcess)(config, campaign, model, epochs)
@@ -100,7 +102,7 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
         history = _steps(config, stepper, results, metrics, start, progress, callback)
         qn = config.quasi_newton
         if qn.steps:
-            totals = stepper.refine(qn.parameters, qn.steps, qn.memory)
+            totals = stepper.refine(qn.parameters, qn.steps, qn.memory, qn.tolerance)
             history["lbfgs_total"] = np.asarray(totals)
             for i, total in enumerate(totals):
                 metrics.add(config.steps + i + 1, {"lbfgs_total": total})

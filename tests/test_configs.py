@@ -25,7 +25,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.rglob("*.toml")), ids=lambda p: str(p.relative_to(CONFIGS))
+)
 def test_every_shipped_config_parses(path):
     config = load_config(path)
     if path.stem.endswith("_fit"):
@@ -89,6 +91,15 @@ def test_values_are_typed(tmp_path):
         ("kind = 'fit'\n[binary]\ncontrast = -1\n", "binary.contrast", [">= 0"]),
         ("kind = 'fit'\n[binary]\nposition_angle = 360\n", "binary.position_angle", ["[0, 360)"]),
         ("kind = 'fit'\n[binary]\nseparation = '90'\n", "binary.separation", ["a number"]),
+        ("kind = 'fit'\n[select]\ntarget = ['X']\n", "select.target", ["unknown key", "targets"]),
+        ("kind = 'fit'\n[select]\nfilters = ['F999W']\n", "select.filters[0]", ["one of"]),
+        ("kind = 'fit'\n[select]\nfilters = 'F430M'\n", "select.filters", ["a list of"]),
+        ("kind = 'fit'\n[select]\nobservations = [12, 0]\n", "select.observations[1]", [">= 1"]),
+        ("kind = 'fit'\n[select]\nobservations = ['12']\n", "select.observations[0]", ["integer"]),
+        ("kind = 'fit'\n[select]\ntargets = ['']\n", "select.targets[0]", ["non-empty"]),
+        ("kind = 'fit'\ncalibration = 3\n", "calibration", ["a string"]),
+        ("kind = 'fit'\nposition_start = 'middle'\n", "position_start", ["'centroid'"]),
+        ("kind = 'fit'\n[quasi_newton]\ntolerance = -1\n", "quasi_newton.tolerance", [">= 0"]),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path, text, key, words):

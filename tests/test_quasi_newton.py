@@ -9,6 +9,7 @@ import pytest
 from scaling.config import ConfigError, QuasiNewtonConfig
 from scaling.fitting.objective import loss
 from scaling.fitting.params import make_batches
+from scaling.fitting.precondition import fisher_diagonal
 from scaling.fitting.quasi_newton import lbfgs_refine
 
 from .campaigns import tiny_campaign
@@ -48,3 +49,20 @@ def test_lbfgs_moves_only_the_chosen_parameters(refined):
 def test_config_rejects_unknown_parameter_names():
     with pytest.raises(ConfigError, match="parameters"):
         QuasiNewtonConfig(steps=3, parameters=("aberations",))
+
+
+def test_lbfgs_in_fisher_scaled_coordinates_stops_at_its_tolerance(refined):
+    """Given the Fisher diagonal, L-BFGS works in θ √F: it never raises the loss, lowers
+    it, stops early once two iterations each gain less than `tolerance`, and leaves
+    canonical aberration coefficients."""
+    m, batches, _, start, _, _ = refined
+    names = ("aberrations",)
+    scale = fisher_diagonal(m, start, batches, names)
+    params, scaled = lbfgs_refine(m, start, batches, names, 8, REG, scale=scale, tolerance=1.0)
+    assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(scaled))
+    assert float(loss(m, params, batches, REG)) < scaled[0] - 2.0
+    assert len(scaled) < 8
+    gains = np.diff(scaled)[-2:]
+    assert np.all(-gains < 1.0)
+    aberrations = params["shared"]["aberrations"]["F430M"]
+    np.testing.assert_allclose(m.optics.pupil.canonical(aberrations), aberrations, atol=1e-12)

@@ -11,6 +11,7 @@ from scaling.config.fitting import (
     FitConfig,
     OptimiserConfig,
     QuasiNewtonConfig,
+    SelectConfig,
     TrackingConfig,
 )
 from scaling.config.load import KINDS, Config, config_to_dict, load_config, parse_config
@@ -43,6 +44,7 @@ __all__ = [
     "IoConfig",
     "OptimiserConfig",
     "QuasiNewtonConfig",
+    "SelectConfig",
     "StarFieldConfig",
     "TrackingConfig",
     "TruthConfig",

@@ -6,7 +6,7 @@ from typing import ClassVar
 import optax
 
 from model.regularisers import REGULARISERS
-from scaling.config.checks import non_negative, positive_ints, require
+from scaling.config.checks import check_filter, non_negative, positive_ints, require
 from scaling.config.roles import ROLES
 from scaling.config.simulation import InstrumentConfig
 
@@ -68,13 +68,17 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class QuasiNewtonConfig:
     """Optional second stage (`scaling.fitting.quasi_newton`): `steps` L-BFGS iterations (0: none)
-    on `parameters` after the first-order steps, keeping `memory` past gradients."""
+    on `parameters` after the first-order steps, keeping `memory` past gradients; with
+    `tolerance` > 0 it stops early once two successive iterations have each lowered the
+    loss by less than that (loss units: half a χ²)."""
 
     steps: int = 0
     parameters: tuple[str, ...] = ("aberrations", "log_flux")
     memory: int = 10
+    tolerance: float = 0.0
 
     def __post_init__(self):
+        non_negative(self, "tolerance")
         positive_ints(self, "steps", minimum=0)
         positive_ints(self, "memory")
         for name in self.parameters:
@@ -103,6 +107,42 @@ class BinaryConfig:
     def enabled(self) -> bool:
         """True when the fit models a binary (separation > 0)."""
         return self.separation > 0.0
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Which exposures of the campaign store a fit uses: those matching every non-empty
+    list (an empty list selects all).
+
+    targets: target names (the store's `TARGPROP`, e.g. "HD-37093"); filters: filter
+    names; observations: observation numbers (`OBSERVTN`, e.g. 12).
+    """
+
+    targets: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
+    observations: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for i, name in enumerate(self.filters):
+            check_filter(f"filters[{i}]", name)
+        for i, number in enumerate(self.observations):
+            require(number >= 1, f"observations[{i}]", "an integer >= 1", number)
+        for i, name in enumerate(self.targets):
+            require(bool(name.strip()), f"targets[{i}]", "a non-empty target name", name)
+
+    @property
+    def criteria(self) -> dict[str, tuple]:
+        """Keyword arguments of `scaling.data.store.Campaign.select` (the lists given)."""
+        given = {
+            "target": self.targets,
+            "filter": self.filters,
+            "observation": self.observations,
+        }
+        return {k: v for k, v in given.items() if v}
+
+
+POSITION_STARTS = ("centre", "centroid")
+"""Where exposure positions start: the frame centre (0, 0) or each exposure's centroid."""
 
 
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
@@ -149,7 +189,13 @@ class FitConfig:
     optimisers: parameter name → how it is fitted (names not listed stay fixed);
     instrument: model sizes; cluster: where it runs (`ClusterConfig`); quasi_newton:
     the optional L-BFGS stage (`QuasiNewtonConfig`); binary: the start of a binary
-    source (`BinaryConfig`, off by default).
+    source (`BinaryConfig`, off by default); select: the exposures fitted
+    (`SelectConfig`, default all); calibration: a results store whose saved shared
+    instrument parameters (aberrations of this fit's filters, detector terms) replace
+    the nominal start ("" for none; those without an optimiser then stay fixed);
+    position_start: "centre" (every position starts at the frame centre, the default)
+    or "centroid" (at the centroid of the exposure's good pixels: real targets are not
+    centred).
     """
 
     KIND: ClassVar[str] = "fit"
@@ -170,9 +216,18 @@ class FitConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     quasi_newton: QuasiNewtonConfig = field(default_factory=QuasiNewtonConfig)
     binary: BinaryConfig = field(default_factory=BinaryConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    calibration: str = ""
+    position_start: str = "centre"
 
     def __post_init__(self):
         positive_ints(self, "steps", "checkpoint_every")
+        require(
+            self.position_start in POSITION_STARTS,
+            "position_start",
+            f"one of {POSITION_STARTS}",
+            self.position_start,
+        )
         require(self.image_npix % 2 == 1, "image_npix", "an odd integer", self.image_npix)
         require(self.jitter > 0, "jitter", "pixels > 0 (0 has no gradient)", self.jitter)
         require(self.read_noise > 0, "read_noise", "e- > 0", self.read_noise)

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Role:
-    """part: "shared", "epoch" or "exposure"; per_filter: one value per filter (shared)."""
+    """part: "shared", "epoch" or "exposure"; per_filter: one value per filter (shared);
+    source: a shared parameter of the target, not of the instrument (a binary's), which a
+    calibration from another star never carries (`FitConfig.calibration`)."""
 
     part: str
     per_filter: bool = False
+    source: bool = False
 
 
 ROLES: dict[str, Role] = {
@@ -27,9 +30,9 @@ ROLES: dict[str, Role] = {
     "dark": Role("shared"),
     "jitter": Role("shared"),
     "read_noise": Role("shared"),
-    "separation": Role("shared"),
-    "position_angle": Role("shared"),
-    "contrast": Role("shared", per_filter=True),
+    "separation": Role("shared", source=True),
+    "position_angle": Role("shared", source=True),
+    "contrast": Role("shared", per_filter=True, source=True),
     "log_image": Role("epoch"),
     "position": Role("exposure"),
     "log_flux": Role("exposure"),

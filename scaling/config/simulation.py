@@ -1,6 +1,7 @@
 """Simulation configs: the Io campaign (`CampaignConfig`) and the dithered star field
 for pixel calibration (`FlatFieldConfig`). Every key has a default."""
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -9,6 +10,12 @@ from model.constants import PIXEL_SCALE
 from scaling.config.checks import check_filter, non_negative, positive_ints, require
 
 # --- the Io campaign -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _ami_model(instrument: "InstrumentConfig", filters: tuple[str, ...]) -> ExposureModel:
+    i = instrument
+    return ami_model(i.npix, i.oversample, i.pupil_npix, i.nwavels, i.n_hole_zernikes, filters)
 
 
 @dataclass(frozen=True)
@@ -31,11 +38,10 @@ class InstrumentConfig:
         positive_ints(self, "npix", "pupil_npix", minimum=8)
 
     def build(self, filters) -> ExposureModel:
-        """The AMI exposure model at these sizes for `filters` (names)."""
-        return ami_model(
-            self.npix, self.oversample, self.pupil_npix, self.nwavels, self.n_hole_zernikes,
-            tuple(filters),
-        )  # fmt: skip
+        """The AMI exposure model at these sizes for `filters` (names). Models are
+        immutable, so one built before with the same sizes and filters is reused (a
+        256-sample pupil takes seconds to build)."""
+        return _ami_model(self, tuple(filters))
 
     @property
     def image_pixel_scale(self) -> float:

@@ -176,11 +176,21 @@ class Campaign:
         filter: str | Iterable[str] | None = None,
         epoch: str | Iterable[str] | None = None,
         role: str | Iterable[str] | None = None,
+        observation: int | Iterable[int] | None = None,
     ) -> "Campaign":
-        """The exposures matching every given criterion (each a value or a collection)."""
-        given = {"target": target, "filter": filter, "epoch": epoch, "role": role}
+        """The exposures matching every given criterion (each a value or a collection;
+        `observation`: the program's observation numbers, e.g. 12)."""
+        given = {
+            "target": target,
+            "filter": filter,
+            "epoch": epoch,
+            "role": role,
+            "observation": observation,
+        }
         wanted = {
-            k: {v} if isinstance(v, str) else set(v) for k, v in given.items() if v is not None
+            k: {v} if isinstance(v, str | int) else set(v)
+            for k, v in given.items()
+            if v is not None
         }
         unknown = wanted.get("role", set()) - set(ROLES)
         if unknown:

@@ -123,11 +123,28 @@ def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal
     return batch.weight * chi2, batch.weight * count
 
 
+_batch_chi_squared = eqx.filter_jit(batch_chi_squared)
+
+
 @eqx.filter_jit
 def chi_squared_sums(model: ExposureModel, params: dict, batches: list[Batch]):
     """(Σ χ², Σ measurements) over all batches: a cluster adds its workers' sums."""
     pairs = [batch_chi_squared(model, params, b) for b in batches]
     return sum(jnp.sum(c) for c, _ in pairs), sum(jnp.sum(n) for _, n in pairs)
+
+
+def chi_squared_by_exposure(
+    model: ExposureModel, params: dict, batches: list[Batch]
+) -> dict[int, tuple[float, float]]:
+    """{row of the exposure in the per-exposure parameters: (χ², measurements)}."""
+    out = {}
+    for b in batches:
+        chi2, count = _batch_chi_squared(model, params, b)
+        weight = np.asarray(b.weight)
+        for i, c, n, w in zip(np.asarray(b.exposure_index), chi2, count, weight, strict=True):
+            if w > 0:
+                out[int(i)] = (float(c), float(n))
+    return out
 
 
 def reduced_chi_squared(model: ExposureModel, params: dict, batches: list[Batch]):

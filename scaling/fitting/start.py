@@ -1,7 +1,8 @@
-"""The start of a fit: observations read from the store, starting parameters, settings.
+"""The start of a fit: the exposures it uses, observations read from the store,
+starting parameters, settings.
 
 Shared by the single process (`scaling.fitting.stepper.InProcess`) and the cluster's
-shard workers, so both start from the same point.
+coordinator and shard workers, so all of them fit the same exposures from the same point.
 """
 
 import jax
@@ -9,11 +10,46 @@ import jax.numpy as jnp
 import numpy as np
 
 from model import ExposureModel, make_spec, nominal_detector
+from model.constants import PIXEL_SCALE
 from scaling.config import FitConfig
 from scaling.config.roles import ROLES
+from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fitting.engine import FitSettings, join
 from scaling.fitting.params import Observation
+
+_SELECT_FIELDS = {"target": "targets", "filter": "filters", "observation": "observations"}
+
+
+def open_selection(config: FitConfig) -> Campaign:
+    """The exposures a fit uses: the campaign store `config.campaign` narrowed by the
+    config's `[select]` table (all of it when that is empty).
+
+    Every path of a fit opens its campaign here (the single process, the cluster's
+    coordinator, which partitions this selection, and its workers), so all fit the same
+    exposures.
+
+    Raises:
+        ValueError: a listed target, filter or observation matches no exposure of the
+            store (naming the `select` key and what the store holds).
+    """
+    campaign = Campaign.open(config.campaign)
+    for field, values in config.select.criteria.items():
+        present = {getattr(e, field) for e in campaign.exposures}
+        for i, value in enumerate(values):
+            if value not in present:
+                key = f"select.{_SELECT_FIELDS[field]}[{i}]"
+                raise ValueError(
+                    f"{key}: {value!r} matches no exposure of {campaign.where}; "
+                    f"it holds {_SELECT_FIELDS[field]} {sorted(present)}"
+                )
+    selected = campaign.select(**config.select.criteria)
+    if not selected.names:
+        raise ValueError(
+            f"select: no exposure of {campaign.where} matches every list of "
+            f"{dict(config.select.criteria)}"
+        )
+    return selected
 
 
 def load_observations(campaign: Campaign, names) -> list[Observation]:
@@ -41,7 +77,8 @@ def load_observations(campaign: Campaign, names) -> list[Observation]:
 def initial_shared(config: FitConfig, model: ExposureModel) -> dict:
     """Starting shared parameters: nominal detector, no aberration, the `[binary]` start
     when enabled (float64); a per-filter parameter (`ROLES`) starts with the same value in
-    every filter of the model."""
+    every filter of the model. With `config.calibration`, the instrument's parameters
+    saved there replace these (`calibration_values`)."""
     shared = nominal_detector(model.npix)
     shared["jitter"] = jnp.asarray(config.jitter)
     shared["read_noise"] = jnp.asarray(config.read_noise)
@@ -55,11 +92,80 @@ def initial_shared(config: FitConfig, model: ExposureModel) -> dict:
         name: {f: value for f in filters} if ROLES[name].per_filter else value
         for name, value in shared.items()
     }
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), shared)
+    shared = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), shared)
+    if config.calibration:
+        shared.update(calibration_values(config.calibration, shared))
+    return shared
+
+
+def calibration_values(location: str, like: dict) -> dict:
+    """The shared instrument parameters of `like` (a fit's starting shared tree) as saved
+    in the results store at `location`: every name of `like` the store holds, except a
+    target's own (`Role.source`: a binary's); per filter, the filters of `like` (the
+    store may hold more). Names the store lacks keep their start.
+
+    Raises:
+        StoreError: no results store there, or nothing saved in it.
+        ValueError: the store lacks one of `like`'s filters for a per-filter parameter,
+            or a value's shape differs (another model size), naming the parameter.
+    """
+    saved = Results.open(location).load().shared
+    out = {}
+    for name, start in like.items():
+        if name not in saved or ROLES[name].source:
+            continue
+        if ROLES[name].per_filter:
+            missing = sorted(set(start) - set(saved[name]))
+            if missing:
+                raise ValueError(
+                    f"calibration: {location} holds {name} for {sorted(saved[name])}, not "
+                    f"for {missing}; calibrate those filters too or select fewer"
+                )
+            value = {f: saved[name][f] for f in start}
+        else:
+            value = saved[name]
+        for got, want in zip(jax.tree.leaves(value), jax.tree.leaves(start), strict=True):
+            if np.shape(got) != np.shape(want):
+                raise ValueError(
+                    f"calibration: {location} holds {name} of shape {np.shape(got)}, this "
+                    f"fit's model needs {np.shape(want)} (fit with the same [instrument])"
+                )
+        out[name] = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.float64), value)
+    return out
+
+
+def centroid_position(
+    observation: Observation, pixel_scale: float = PIXEL_SCALE, window: int | None = None
+) -> np.ndarray:
+    """(x, y) position of the light of an exposure, arcsec from the frame centre in
+    detector axes, as the model's `position` (x along columns, y along rows, the centre at
+    pixel (npix - 1) / 2, the known dither taken off).
+
+    The centroid of the good pixels' mean slope (negative values as 0), then three times
+    the centroid within a square of half-side `window` pixels (default npix // 4) about
+    the last one, so that the frame edge pulls it less towards the centre.
+    """
+    light = np.where(observation.bad, 0.0, np.asarray(observation.slopes).mean(axis=0))
+    light = np.where(np.isfinite(light), np.maximum(light, 0.0), 0.0)  # bad pixels may be NaN
+    npix = light.shape[-1]
+    half = npix // 4 if window is None else window
+    yy, xx = np.mgrid[:npix, :npix].astype(np.float64)
+    near = np.ones_like(light, dtype=bool)
+    for _ in range(4):
+        weight = np.where(near, light, 0.0)
+        total = weight.sum()
+        if total <= 0:
+            return np.zeros(2)
+        x, y = (weight * xx).sum() / total, (weight * yy).sum() / total
+        near = (np.abs(xx - x) <= half) & (np.abs(yy - y) <= half)
+    centre = (npix - 1) / 2
+    offset = np.array([x - centre, y - centre]) * pixel_scale
+    return offset - np.asarray(observation.spec.dither)
 
 
 def initial_local(config: FitConfig, observations: list[Observation], n_epochs: int) -> dict:
-    """Starting local parameters: centred sources, flat images (float64).
+    """Starting local parameters: sources at the frame centre (or, with `position_start =
+    "centroid"`, at each exposure's `centroid_position`), flat images (float64).
 
     Each exposure's flux starts at its measured count rate (good pixels: the rate, or
     the mean slope over the group time).
@@ -70,8 +176,12 @@ def initial_local(config: FitConfig, observations: list[Observation], n_epochs: 
         for o in observations
     ]
     n = len(observations)
+    if config.position_start == "centroid":
+        positions = jnp.asarray(np.stack([centroid_position(o) for o in observations]))
+    else:
+        positions = jnp.zeros((n, 2))
     exposure = {
-        "position": jnp.zeros((n, 2)),
+        "position": positions,
         "log_flux": jnp.log10(jnp.asarray(rates)),
         "spectral_slope": jnp.zeros(n),
     }
@@ -115,10 +225,14 @@ def freeze_science_positions(observations: list[Observation]):
 
 
 def settings_from(config: FitConfig, observations: list[Observation]) -> FitSettings:
-    """Engine settings of a fit config."""
+    """Engine settings of a fit config.
+
+    The first position of each epoch is frozen (`freeze_science_positions`) only when the
+    epoch image is fitted and drawn: a binary fit ignores the image, and an image held
+    fixed cannot carry a pointing, so there every position is free.
+    """
+    images_carry_pointing = "log_image" in config.optimisers and not config.binary.enabled
+    hook = freeze_science_positions(observations) if images_carry_pointing else None
     return FitSettings(
-        dict(config.optimisers),
-        dict(config.regularisers),
-        config.diagonal,
-        grad_hook=freeze_science_positions(observations),
+        dict(config.optimisers), dict(config.regularisers), config.diagonal, grad_hook=hook
     )

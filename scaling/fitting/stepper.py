@@ -56,8 +56,9 @@ class Stepper(Protocol):
     def residual_maps(self) -> dict[str, np.ndarray]:
         """Exposure name → (p, p) mean whitened residual (NaN on bad pixels)."""
 
-    def refine(self, names, steps: int, memory: int) -> list[float]:
-        """The quasi-Newton stage on parameters `names`; the loss before each iteration."""
+    def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
+        """The quasi-Newton stage on parameters `names`; the loss before each iteration
+        (fewer than `steps` once it has converged to `tolerance`, see `lbfgs_refine`)."""
 
     def close(self) -> None:
         """Release what the stepper holds (processes, devices)."""
@@ -108,7 +109,7 @@ class InProcess:
     def residual_maps(self) -> dict[str, np.ndarray]:
         return residual_maps(self.model, self._params, self.observations, self.epochs)
 
-    def refine(self, names, steps: int, memory: int) -> list[float]:
+    def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
         settings = self.fitter.settings
         self._params, totals = lbfgs_refine(
             self.model,
@@ -119,6 +120,8 @@ class InProcess:
             settings.reg_weights,
             settings.diagonal,
             memory,
+            scale=self.fitter.scale if settings.preconditioned else None,
+            tolerance=tolerance,
         )
         return totals
 
