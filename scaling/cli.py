@@ -8,6 +8,7 @@
     scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
     scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
+    scaling study jw01093 --data DIR --out DIR   the JWST program 1093 study (tables)
 
 A bad config or path prints one line to stderr and exits with status 2.
 """
@@ -107,6 +108,17 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from scaling.study import run_study
+
+    try:
+        run_study(args.name, args.data, args.out, args.configs, progress=not args.quiet)
+    except (ValueError, OSError) as err:
+        print(f"scaling study: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
 def _with_cluster(config, args: argparse.Namespace):
     """`config` with the command line's cluster options (those given) applied."""
     given = {
@@ -176,6 +188,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_cluster_options(fit, full=True)
     fit.set_defaults(handler=_fit)
+    study = commands.add_parser(
+        "study",
+        help="run a real-data study end to end: ingest, fits, tables (JSON and Markdown)",
+    )
+    study.add_argument("name", choices=["jw01093"], help="which study (JWST program 1093)")
+    study.add_argument("--data", type=Path, required=True, help="folder of the _cal files")
+    study.add_argument("--out", type=Path, required=True, help="folder for stores and tables")
+    study.add_argument("--configs", type=Path, help="its fit configs (default configs/NAME)")
+    study.add_argument("--quiet", action="store_true", help="print the tables only")
+    study.set_defaults(handler=_study)
     return parser
 
 
