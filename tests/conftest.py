@@ -10,6 +10,7 @@ variable carries the same setting into the subprocesses and Ray workers the test
 """
 
 import os
+from pathlib import Path
 
 import jax
 import pytest
@@ -49,3 +50,16 @@ def ami_params():
 def field_params():
     """Generic three-star field parameters."""
     return generic_field_params()
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "jw01093"
+"""The real NIRISS AMI files of JWST program 1093, beside the repository (`../shared/`)."""
+
+
+@pytest.fixture(scope="session")
+def real_files() -> list[Path]:
+    """The 20 real `_cal` files; the test is skipped where they are absent (a user's clone)."""
+    files = sorted(DATA.glob("*_cal.fits"))
+    if not files:
+        pytest.skip(f"real JWST data not present at {DATA}")
+    return files

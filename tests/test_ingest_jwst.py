@@ -38,19 +38,11 @@ from tests.campaigns import (
     write_rate_file,
 )
 from tests.test_fitsio import to_jwst
-from tests.test_jwst import DATA, angle_difference
+from tests.test_jwst import angle_difference
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ORIENTATION_TOLERANCE = 0.05
 """Degrees: the largest difference allowed between angles from keywords and from the WCS."""
-
-
-@pytest.fixture(scope="module")
-def real_files() -> list[Path]:
-    files = sorted(DATA.glob("*_cal.fits"))
-    if not files:
-        pytest.skip(f"real JWST data not present at {DATA}")
-    return files
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from scaling.data.inspect import COLUMNS, inspect_rows, saturated_pixels
 from scaling.data.jwst import UNUSABLE_DQ_FLAGS, read_rate_product
 from scaling.data.store import Campaign
 from tests.campaigns import T0, make_record, write, write_campaign, write_rate_file
+from tests.conftest import DATA
 from tests.test_fitsio import to_jwst
-from tests.test_jwst import DATA
 
 SATURATED = UNUSABLE_DQ_FLAGS["SATURATED"]
 

@@ -18,15 +18,12 @@ from scaling.fitting.stepper import InProcess
 from scaling.study import compare
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "jw01093"
 CONFIGS = ROOT / "configs" / "jw01093"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    files = sorted(DATA.glob("*_cal.fits"))
-    if not files:
-        pytest.skip(f"real JWST data not present at {DATA}")
+def store(real_files, tmp_path_factory):
+    files = real_files
     path = tmp_path_factory.mktemp("jw01093") / "campaign.zarr"
     ingest([str(f) for f in files], path, progress=False)
     return path

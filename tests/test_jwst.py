@@ -19,7 +19,6 @@ from scaling.data.jwst import (
     wcs_position_angle,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "jw01093"
 DO_NOT_USE = UNUSABLE_DQ_FLAGS["DO_NOT_USE"]
 REFERENCE_PIXEL = UNUSABLE_DQ_FLAGS["REFERENCE_PIXEL"]
 JUMP_DET = 4
@@ -28,14 +27,6 @@ JUMP_DET = 4
 def angle_difference(a: float, b: float) -> float:
     """|a − b| wrapped to [0, 180] degrees."""
     return abs((a - b + 180.0) % 360.0 - 180.0)
-
-
-@pytest.fixture(scope="module")
-def real_files() -> list[Path]:
-    files = sorted(DATA.glob("*_cal.fits"))
-    if not files:
-        pytest.skip(f"real JWST data not present at {DATA}")
-    return files
 
 
 @pytest.fixture(scope="module")
