@@ -93,6 +93,25 @@ def test_select_that_matches_nothing_together_is_an_error(store):
         open_selection(_config(store, select=select))
 
 
+def test_cluster_workers_read_the_same_selection(store):
+    """The Ray path partitions the selected view and each shard worker (plain Python
+    here, no Ray) opens the store through the same selection: together they hold
+    exactly the selected exposures, and a shard naming another one is refused."""
+    from cluster.worker import ShardWorker
+    from scaling.data.store import Shard
+
+    optimisers = {"position": OptimiserConfig("sgd", 0.5, 0, True)}
+    config = _config(store, select=SelectConfig(observations=(1, 90)), optimisers=optimisers)
+    selected = open_selection(config)
+    shards = [s for s in selected.partition(2) if s.exposures]
+    workers = [ShardWorker(config, shard, ["F430M"]) for shard in shards]
+    held = sorted(o.name for w in workers for o in w.observations)
+    assert held == sorted(selected.names) and len(held) == 3
+    other = next(e for e in open_selection(_config(store)).exposures if e.observation == 2)
+    with pytest.raises(KeyError, match="no exposure"):
+        ShardWorker(config, Shard(0, (other.name,), (), 0), ["F430M"])
+
+
 # --- calibration ----------------------------------------------------------------------
 
 
