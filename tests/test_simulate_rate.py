@@ -23,7 +23,7 @@ from scaling.data.jwst import (
 )
 from scaling.data.store import Campaign
 from scaling.data.truthfiles import load_truth
-from tests.test_jwst import DATA, angle_difference
+from tests.test_jwst import angle_difference
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DO_NOT_USE, REFERENCE_PIXEL = UNUSABLE_DQ_FLAGS["DO_NOT_USE"], UNUSABLE_DQ_FLAGS["REFERENCE_PIXEL"]
@@ -69,11 +69,8 @@ def test_products_pass_the_reader_and_the_header_checks(products):
         assert (parts[2] == 0).all() and (parts[1] > 0).all()
 
 
-def test_headers_look_like_the_real_files(products):
-    real = sorted(DATA.glob("*_cal.fits"))
-    if not real:
-        pytest.skip(f"real JWST data not present at {DATA}")
-    ours, theirs = headers(next(products.glob("*_cal.fits"))), headers(real[0])
+def test_headers_look_like_the_real_files(products, real_files):
+    ours, theirs = headers(next(products.glob("*_cal.fits"))), headers(real_files[0])
     for key in (*HEADER_KEYWORDS, "PROGRAM", "OBSERVTN", "VISIT", "VISITGRP", "SEQ_ID", "ACT_ID"):
         assert type(ours[key]) is type(theirs[key]), key
     for key in ("EXP_TYPE", "BUNIT", "NFRAMES", "READPATT", "SUBSTRT1", "SUBSTRT2", "V3I_YANG"):
