@@ -2,8 +2,12 @@
 
 Single process: all exposures are read into this process and batched with vmap (the
 cluster layer runs the same engine step on shards). Checkpoints go to the results store
-every `checkpoint_every` steps; `resume=True` continues from the latest one and continues
-the MLflow run that wrote it (found by its `results` tag).
+every `checkpoint_every` steps, with the loss history so far, and the buffered MLflow
+metrics are flushed with each. `resume=True` continues from the latest checkpoint and
+continues the MLflow run that wrote it (found by its `results` tag), sending the metrics
+of earlier steps that the run lacks: a fit whose driver was killed between checkpoints
+ends with the same MLflow metric history (every step once) and the same results-store
+loss history as an uninterrupted one.
 """
 
 import tempfile
@@ -82,10 +86,11 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
     if resume:
         results = Results.open(config.results, writable=True)
         start = stepper.restore(results)
+        history = results.read_checkpoint({"history": None}, start)[1]["history"]
         run_id = _previous_run(config.results, config.tracking.uri)
     else:
         results = Results.create(config.results, overwrite=True)
-        start, run_id = 0, None
+        start, history, run_id = 0, {}, None
     tags = {
         "results": config.results,
         "campaign": config.campaign,
@@ -99,7 +104,9 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
         run_id,
         tags=tags,
     ) as (active, metrics):
-        history = _steps(config, stepper, results, metrics, start, progress, callback)
+        if run_id:
+            metrics.catch_up(history)
+        history = _steps(config, stepper, results, metrics, start, history, progress, callback)
         qn = config.quasi_newton
         if qn.steps:
             totals = stepper.refine(qn.parameters, qn.steps, qn.memory, qn.tolerance)
@@ -121,19 +128,21 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
         )
 
 
-def _steps(config, stepper, results, metrics, start, progress, callback) -> dict[str, np.ndarray]:
-    """Steps `start` → `config.steps` with checkpoints; a worker lost in a step or a
-    checkpoint rolls back to the last checkpoint (or step 0), at most
-    `config.cluster.max_restarts` times."""
-    history: dict[str, list[float]] = {}
+def _steps(
+    config, stepper, results, metrics, start, history, progress, callback
+) -> dict[str, np.ndarray]:
+    """Steps `start` → `config.steps` after `history` (name → values of steps 1…start)
+    with checkpoints; a worker lost in a step or a checkpoint rolls back to the last
+    checkpoint (or step 0), at most `config.cluster.max_restarts` times."""
+    history = {k: list(v) for k, v in history.items()}
     restarts, step = 0, start
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="fit")
     clock = time.perf_counter()
     while step < config.steps:
+        due = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
         try:
             terms = stepper.step()
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                results.write_checkpoint(step + 1, stepper.checkpoint(), keep=2)
+            trees = stepper.checkpoint() if due else None
         except WorkerLost as lost:
             restarts += 1
             if restarts > config.cluster.max_restarts:
@@ -143,7 +152,8 @@ def _steps(config, stepper, results, metrics, start, progress, callback) -> dict
             else:
                 stepper.reset()
                 step = 0
-            history = {k: v[: max(step - start, 0)] for k, v in history.items()}
+            history = {k: v[:step] for k, v in history.items()}
+            metrics.rewind(step)
             mlflow.set_tag("restarts", str(restarts))
             tqdm.write(f"fit: {lost}; rolled back to step {step}")
             bar.reset(total=config.steps)
@@ -156,12 +166,19 @@ def _steps(config, stepper, results, metrics, start, progress, callback) -> dict
         for k, v in terms.items():
             history.setdefault(k, []).append(v)
         metrics.add(step, terms)
+        if due:
+            results.write_checkpoint(step, {**trees, "history": _arrays(history)}, keep=2)
+            metrics.flush()
         bar.update(1)
         bar.set_postfix(loss=f"{terms['total']:.6g}")
         if callback is not None:
             callback(step, stepper)
     bar.close()
-    return {k: np.asarray(v) for k, v in history.items()}
+    return _arrays(history)
+
+
+def _arrays(history: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
 
 
 def _save(results: Results, model, result, campaign: Campaign, epochs, names) -> None:

@@ -13,6 +13,7 @@ The physics tests' tiny models and parameters are in `tests.helpers`, which impo
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import equinox as eqx
@@ -21,7 +22,7 @@ import numpy as np
 
 from model import ami_model, make_spec, nominal_detector
 from model.noise import noisy_slopes
-from scaling.config import load_config
+from scaling.config import config_to_dict, load_config
 from scaling.data.fitsio import ExposureMeta, ExposureRecord, exposure_name, write_exposure
 from scaling.data.ingest import ingest
 from scaling.data.products import write_rate_product
@@ -252,3 +253,20 @@ def mixed_campaign():
             o = dataclasses.replace(o, slopes=data[None], kind="rate", variance=variance[None])
         mixed.append(o)
     return m, truth, mixed, names, epochs
+
+
+def write_toml(path, config) -> str:
+    """`config` as a TOML file (plain keys, then one table per dict) → its path."""
+    lines = []
+
+    def table(values: dict, name: str):
+        lines.extend([f"[{name}]"] if name else [])
+        plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in plain.items())
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(value, f"{name}.{key}" if name else key)
+
+    table(config_to_dict(config), "")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)

@@ -21,12 +21,12 @@ from ray.cluster_utils import Cluster
 
 from cluster.bench import main as bench_main
 from cluster.coordinator import RayStepper, connect
-from scaling.config import ClusterConfig, config_to_dict, load_config
+from scaling.config import ClusterConfig, load_config
 from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
 
-from .campaigns import simulated_campaign
+from .campaigns import simulated_campaign, write_toml
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -59,23 +59,6 @@ def config(root, name: str, workers: int = 0, campaign: str = "campaign.zarr"):
             compile_cache=str(root / "jax-cache"),
         ),
     )
-
-
-def write_toml(path, config) -> str:
-    """`config` as a TOML file (plain keys, then one table per dict) → its path."""
-    lines = []
-
-    def table(values: dict, name: str):
-        lines.extend([f"[{name}]"] if name else [])
-        plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in plain.items())
-        for key, value in values.items():
-            if isinstance(value, dict):
-                table(value, f"{name}.{key}" if name else key)
-
-    table(config_to_dict(config), "")
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

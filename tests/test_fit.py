@@ -1,6 +1,10 @@
 """`scaling fit`: store → engine → results store + MLflow run; resume equals uninterrupted."""
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,7 +17,7 @@ from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
 
-from .campaigns import simulated_campaign
+from .campaigns import simulated_campaign, write_toml
 
 pytestmark = pytest.mark.slow
 
@@ -76,19 +80,64 @@ def test_fit_writes_results_and_mlflow_run(full):
     assert len(fits) == 2 and all(p.endswith(".fits") for p in fits)
 
 
-def test_resume_equals_uninterrupted(campaign, full):
+DRIVER = """
+import os, signal, sys
+from scaling.config import load_config
+from scaling.fit import fit_campaign
+
+def stop(step, stepper):
+    if step == 3:
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+
+fit_campaign(load_config(sys.argv[1]), progress=False, callback=stop)
+"""
+"""A fit that stops itself after step 3 with the signal named by its second argument."""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_stopped_and_resumed_fit_equals_uninterrupted(campaign, full, signal_name):
+    """The driver dies after step 3 (the last checkpoint is step 2): killed outright, its
+    step-3 metrics die with it; terminated, it flushes them and marks the run KILLED.
+    Resumed, the run holds every metric of steps 1-4 once, with the uninterrupted fit's
+    values, and the results store the same loss history."""
     root, sim = campaign
-    _, uninterrupted = full
-    first = _config(root, sim, "resumed", 2)
-    half = fit_campaign(first, progress=False)
-    resumed = fit_campaign(dataclasses.replace(first, steps=4), resume=True, progress=False)
-    assert resumed.step == 4
-    assert resumed.run_id == half.run_id
+    reference_config, uninterrupted = full
+    config = _config(root, sim, f"stopped-{signal_name}", 4)
+    path = write_toml(root / f"stopped-{signal_name}.toml", config)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    stopped = subprocess.run(
+        [sys.executable, "-c", DRIVER, path, signal_name], env=env, capture_output=True
+    )
+    if signal_name == "SIGKILL":
+        assert stopped.returncode == -signal.SIGKILL
+    else:
+        assert stopped.returncode != 0 and b"KeyboardInterrupt: signal SIGTERM" in stopped.stderr
+    assert Results.open(config.results).checkpoint_steps == [2]
+    client = MlflowClient(config.tracking.uri)
+    run_id = client.search_runs(
+        [client.get_experiment_by_name("ami-scaling").experiment_id],
+        filter_string=f"tags.results = '{config.results}'",
+    )[0].info.run_id
+    logged = [m.step for m in client.get_metric_history(run_id, "total")]
+    assert logged == ([1, 2] if signal_name == "SIGKILL" else [1, 2, 3])
+    if signal_name == "SIGTERM":
+        assert client.get_run(run_id).info.status == "KILLED"
+
+    resumed = fit_campaign(config, resume=True, progress=False)
+    assert resumed.run_id == run_id and resumed.step == 4
     pairs = zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params), strict=True)
     for a, b in pairs:
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
-    steps = MlflowClient(first.tracking.uri).get_metric_history(half.run_id, "total")
-    assert [m.step for m in steps] == [1, 2, 3, 4]
+    for name in set(uninterrupted.history) - {"step_time"}:
+        history = client.get_metric_history(run_id, name)
+        assert [m.step for m in history] == [1, 2, 3, 4], name
+        np.testing.assert_allclose(
+            [m.value for m in history], uninterrupted.history[name], rtol=1e-12, err_msg=name
+        )
+    assert len(client.get_metric_history(run_id, "step_time")) == 4
+    loss = Results.open(config.results).load().loss
+    np.testing.assert_allclose(loss, Results.open(reference_config.results).load().loss, rtol=1e-12)
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_cli_rejects_a_simulation_config(capsys):

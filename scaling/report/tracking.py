@@ -7,9 +7,11 @@ working directory (artifacts under `mlruns/`); `MLFLOW_TRACKING_URI` or an expli
 
 import contextlib
 import os
+import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 import mlflow
@@ -58,22 +60,70 @@ def version_tags() -> dict[str, str]:
 
 
 class MetricLog:
-    """Buffers per-step metrics and sends them with `log_batch` every `every` steps."""
+    """Buffers per-step metrics and sends them with `log_batch` every `every` steps (and
+    whenever `flush` is called: a fit flushes at each checkpoint).
+
+    A (metric, step) the run already holds is never sent again, so a resumed run logs each
+    step once (see `catch_up`).
+    """
 
     def __init__(self, client: MlflowClient, run_id: str, every: int = 50):
         self.client, self.run_id, self.every = client, run_id, every
         self.pending: list[Metric] = []
+        self.logged: dict[str, set[int]] = {}
 
     def add(self, step: int, values: Mapping[str, float]) -> None:
         stamp = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), stamp, step) for k, v in values.items()]
+        self.pending += [
+            Metric(k, float(v), stamp, step)
+            for k, v in values.items()
+            if step not in self.logged.get(k, ())
+        ]
         if len(self.pending) >= self.every * max(len(values), 1):
             self.flush()
+
+    def catch_up(self, history: Mapping[str, Sequence[float]]) -> None:
+        """On resuming the run: note which steps of each metric of `history` (name →
+        values of steps 1, 2, …) it holds, and send the ones it lacks (those a killed
+        driver had buffered)."""
+        self.logged = {
+            name: {m.step for m in self.client.get_metric_history(self.run_id, name)}
+            for name in history
+        }
+        for name, values in history.items():
+            for step, value in enumerate(values, start=1):
+                self.add(step, {name: value})
+        self.flush()
+
+    def rewind(self, step: int) -> None:
+        """Drop the buffered metrics of steps after `step` (a fit rolled back to it)."""
+        self.pending = [m for m in self.pending if m.step <= step]
 
     def flush(self) -> None:
         for i in range(0, len(self.pending), 1000):
             self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
+        for metric in self.pending:
+            self.logged.setdefault(metric.key, set()).add(metric.step)
         self.pending = []
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or `kill`'s stop) raises KeyboardInterrupt inside the block,
+    so a fit run flushes its metrics and is marked KILLED as on Ctrl-C. Only the main
+    thread can take signals; elsewhere the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -85,7 +135,9 @@ def fit_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[mlflow.ActiveRun, MetricLog]]:
-    """Start (or, with `run_id`, continue) a fit run; mark it FAILED with the error on raise."""
+    """Start (or, with `run_id`, continue) a fit run; on an error mark it FAILED with the
+    error, on Ctrl-C or SIGTERM (see `terminate_as_interrupt`) KILLED, flushing the
+    buffered metrics first."""
     mlflow.set_tracking_uri(tracking_uri(uri))
     mlflow.set_experiment(EXPERIMENT)
     client = MlflowClient()
@@ -98,11 +150,13 @@ def fit_run(
         if run_id is None:
             mlflow.log_params(flatten(config))
         mlflow.set_tags({**version_tags(), **(tags or {})})
-        yield run, metrics
+        with terminate_as_interrupt():
+            yield run, metrics
     except BaseException as error:
         metrics.flush()
         mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        status = RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
+        mlflow.end_run(RunStatus.to_string(status))
         raise
     metrics.flush()
     mlflow.end_run()
