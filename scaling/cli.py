@@ -9,6 +9,8 @@
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
     scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
     scaling study jw01093 --data DIR --out DIR   the JWST program 1093 study (tables)
+    scaling compare RUN_ID... --out DIR      fits side by side: images, differences,
+                                             metrics table, L-curve (also --sweep ID)
 
 A bad config or path prints one line to stderr and exits with status 2.
 """
@@ -157,6 +159,26 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], object]]] = {
 }
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from scaling.report.compare import compare_command
+
+    return compare_command(args)
+
+
+def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scaling compare` (its module, with MLflow and matplotlib, loads on use)."""
+    summary = "compare fit runs: image grid, differences, metrics table, L-curve"
+    p = subparsers.add_parser("compare", help=summary, description=summary)
+    p.add_argument("runs", nargs="*", metavar="RUN_ID", help="MLflow run ids")
+    p.add_argument("--sweep", metavar="PARENT_ID", help="the nested runs of a sweep")
+    p.add_argument("--experiment", help="runs of this MLflow experiment (e.g. ami-scaling)")
+    p.add_argument("--filter", default="", help="MLflow search filter for --experiment")
+    p.add_argument("--reference", metavar="RUN_ID", help="run the differences are taken to")
+    p.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
+    p.add_argument("--tracking-uri", help="MLflow store (default ./mlflow.db)")
+    p.set_defaults(handler=_compare)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaling", description="Simulate and fit JWST NIRISS AMI campaigns."
@@ -182,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     add_inspect_parser(commands)
     add_export_parser(commands)
     add_bench_parser(commands)
+    _add_compare_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
     fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")
     fit.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

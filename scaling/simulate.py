@@ -18,10 +18,7 @@ first-to-last-read slope averaged over NINTS integrations.
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from scaling.config import CampaignConfig, Config, FlatFieldConfig, config_to_di
 from scaling.data.fitsio import ExposureMeta, ExposureRecord, exposure_name, write_exposure
 from scaling.data.jwst import NIRISS_SUBARRAYS
 from scaling.data.products import KINDS, RATE, SLOPES, write_rate_product
+from scaling.data.staging import staged_folder
 from scaling.data.truthfiles import write_truth
 
 LOG_FLOOR = 1e-12
@@ -262,34 +260,6 @@ def _write_rate(
     rate, poisson, read = noisy_rate(rng, mean_rate, readout.read_noise, meta.nints, span)
     rate[bad] = _hot_values(rng, bad) / meta.group_time
     write_rate_product(path, meta, rate, poisson, read, bad, readout.pixel_scale)
-
-
-@contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A fresh folder beside `out` that replaces `out` if the block succeeds.
-
-    An existing `out` is replaced only if it is empty or a previous simulation (it holds
-    truth.json); anything else raises FileExistsError.
-    """
-    if out.exists():
-        previous = out.is_dir() and (not any(out.iterdir()) or (out / "truth.json").exists())
-        if not previous:
-            raise FileExistsError(f"{out} exists and is not a simulation output; not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _truth_detector(cfg: CampaignConfig, rng: np.random.Generator, npix: int) -> dict:
@@ -571,7 +541,7 @@ def simulate(
     _check_products(config, products)
     out = Path(out)
     run = _simulate_flatfield if isinstance(config, FlatFieldConfig) else _simulate_io
-    with _staging(out) as folder:
+    with staged_folder(out, "truth.json") as folder:
         names = run(config, folder, progress, products)
     return [out / f"{n}{SUFFIXES[products]}" for n in names]
 

@@ -145,7 +145,7 @@ def test_cli_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
     (out / "precious.txt").write_text("keep me")
     args = ["simulate", str(CONFIGS / "flatfield_test.toml"), "--out", str(out), "--quiet"]
     assert main(args) == EXIT_USAGE
-    assert "not a simulation output" in capsys.readouterr().err
+    assert "holds no truth.json; not replacing it" in capsys.readouterr().err
     assert (out / "precious.txt").read_text() == "keep me"
 
 
