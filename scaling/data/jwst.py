@@ -367,9 +367,13 @@ def _combine_integrations(
     return kept_sum(sci) / n_safe, variance, read_noise, n
 
 
-def clip_integrations(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
+def clip_integrations(
+    values: np.ndarray, usable: np.ndarray, floor: np.ndarray | float = 0.0
+) -> np.ndarray:
     """(nints, ...) bool: the `usable` integrations (axis 0) kept by the iterative
-    median/MAD clip of `CLIP_SIGMA`, per element of the other axes."""
+    median/MAD clip of `CLIP_SIGMA`, per element of the other axes; the robust sigma is
+    at least `floor` (e.g. the expected noise, so that a MAD of a few integrations that
+    happens to be small does not clip good ones)."""
     keep = usable.copy()
     for _ in range(CLIP_MAX_PASSES):
         # Pixels with nothing kept get zeros so nanmedian never meets an all-NaN column.
@@ -377,6 +381,7 @@ def clip_integrations(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
         median = np.nanmedian(np.where(keep, values, blank), axis=0)
         deviation = np.abs(np.where(keep, values, median) - median)
         sigma = _MAD_TO_SIGMA * np.nanmedian(np.where(keep, deviation, blank), axis=0)
+        sigma = np.maximum(sigma, floor)
         kept = keep & (deviation <= CLIP_SIGMA * sigma)
         if np.array_equal(kept, keep):
             break

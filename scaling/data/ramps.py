@@ -12,16 +12,21 @@ raw uint16 counts, bias included, and no data-quality arrays; a `_ramp` file (st
    integration. GROUPDQ DO_NOT_USE makes a group unusable too;
 3. the differences of adjacent groups times the gain, d_k = (g_k+1 − g_k) × gain, e-: d_k
    is dropped where g_k or g_k+1 is saturated or unusable, or g_k+1 has JUMP_DET;
-4. per pixel and difference, integrations more than `jwst.CLIP_SIGMA` (4) × 1.4826 ×
-   MAD from the median of those kept are dropped, iteratively (`clip_integrations`, as
-   for `_rateints` products): it finds the jumps of an `_uncal` file, and cosmic rays the
-   jump step missed;
-5. the slope is the mean of d_k over the n_k integrations kept, and its variance
-   (max(slope, 0) + 2 σ²) / n_k, σ² the read-noise variance per read measured from the
-   data: minus the covariance of adjacent differences (which share one read and nothing
-   else), pooled over every good pixel; with no integration pair to measure it,
+4. σ², the read-noise variance per read, is measured from the data: minus the
+   covariance of adjacent differences over integrations (they share one read and nothing
+   else), pooled over the pixels with every difference usable, before the clip below
+   and again after it (`_read_noise`); with fewer than 2 integrations, or no such pixel,
    `FALLBACK_READ_NOISE_DN` × gain;
-6. a pixel is bad on reference pixels (SUBSTRT), where PIXELDQ has DO_NOT_USE, and where
+5. per pixel and difference, integrations more than `jwst.CLIP_SIGMA` (4) sigma from the
+   median of those kept are dropped, iteratively (`clip_integrations`, as for
+   `_rateints` products), sigma being 1.4826 × MAD but at least the expected noise
+   √(max(mean, 0) + 2 σ²) (the MAD of a few integrations is often small by chance): it
+   finds the jumps of an `_uncal` file, and cosmic rays the jump step missed;
+6. the slope is the mean of d_k over the n_k integrations kept, its variance
+   (μ + 2 σ²) / n_k with μ the pixel's mean kept slope (the rate is constant up the
+   ramp; averaged over the slopes, a faint pixel's noise biases the photon term less),
+   at least 0;
+7. a pixel is bad on reference pixels (SUBSTRT), where PIXELDQ has DO_NOT_USE, and where
    no slope is kept; a slope is masked where no integration kept it or its pixel is bad
    (its value and variance NaN). n_k and the pair counts n_k,k+1 (integrations keeping
    both d_k and d_k+1) go with the slopes: the likelihood's covariance needs both.
@@ -129,13 +134,17 @@ def read_ramp(path: str | os.PathLike, gain: float | None, options: RampOptions)
 
     diffs = np.diff(dn, axis=1) * gain
     dropped = unusable[:, :-1] | unusable[:, 1:] | jump[:, 1:] | ~np.isfinite(diffs)
-    keep = clip_integrations(diffs, ~dropped & ~bad)
+    usable = ~dropped & ~bad
+    read_noise = _read_noise(diffs, usable, bad, gain)
+    expected = np.sqrt(np.maximum(_mean(diffs, usable), 0.0) + 2 * read_noise**2)
+    keep = clip_integrations(diffs, usable, floor=expected)
     counts = keep.sum(axis=0)
     bad = bad | (counts == 0).all(axis=0)
     mask = (counts == 0) | bad
-    slope = np.where(mask, np.nan, np.where(keep, diffs, 0.0).sum(axis=0) / np.maximum(counts, 1))
+    slope = np.where(mask, np.nan, _mean(diffs, keep))
     read_noise = _read_noise(diffs, keep, bad, gain)
-    variance = (np.maximum(slope, 0.0) + 2 * read_noise**2) / np.where(mask, np.nan, counts)
+    photons = np.maximum(_mean(np.where(mask, 0.0, slope), ~mask), 0.0)
+    variance = (photons + 2 * read_noise**2) / np.where(mask, np.nan, counts)
     return RampSlopes(
         slope=slope,
         variance=variance,
@@ -214,15 +223,25 @@ def _check_saturation(file: str, saturated: np.ndarray, bad: np.ndarray, field: 
         )
 
 
+def _mean(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 of the `keep` values (0 where none)."""
+    return np.where(keep, values, 0.0).sum(axis=0) / np.maximum(keep.sum(axis=0), 1)
+
+
 def _read_noise(diffs: np.ndarray, keep: np.ndarray, bad: np.ndarray, gain: float) -> float:
-    """Read noise per read, e-: √(−cov(d_k, d_k+1)), the sample covariance over the
-    integrations keeping both, pooled over good pixels and k (see the module docstring)."""
-    both = keep[:, :-1] & keep[:, 1:] & ~bad
-    n = both.sum(axis=0)
-    a, b = (np.where(both, d, 0.0) for d in (diffs[:, :-1], diffs[:, 1:]))
-    mean_a, mean_b = (x.sum(axis=0) / np.maximum(n, 1) for x in (a, b))
-    products = np.where(both, (a - mean_a) * (b - mean_b), 0.0).sum(axis=0)
-    dof = np.maximum(n - 1, 0).sum()
-    if dof == 0:
+    """Read noise per read, e-: √(−cov(d_k, d_k+1)), the sample covariance over
+    integrations, pooled over k and the good pixels whose every difference is kept (a
+    ramp cut by saturation selects its differences, which biases their covariance),
+    weighted by 1 / the product of the differences' expected variances (bright pixels'
+    photon noise would swamp the estimate); see the module docstring."""
+    whole = keep.all(axis=(0, 1)) & ~bad
+    nints = diffs.shape[0]
+    if nints < 2 or not whole.any():
         return FALLBACK_READ_NOISE_DN * gain
-    return float(np.sqrt(max(-products.sum() / dof, 0.0)))
+    d = diffs[:, :, whole]
+    centred = d - d.mean(axis=0)
+    covariance = (centred[:, :-1] * centred[:, 1:]).sum(axis=0) / (nints - 1)
+    guess = 2 * (FALLBACK_READ_NOISE_DN * gain) ** 2
+    variance = np.maximum(d.mean(axis=0), 0.0) + guess
+    weight = 1.0 / (variance[:-1] * variance[1:])
+    return float(np.sqrt(max(-(weight * covariance).sum() / weight.sum(), 0.0)))
