@@ -24,6 +24,10 @@ from scaling.data.ramps import DEFAULT_SATURATION_DN, JUMP_DET, SATURATED, RampO
 from scaling.data.store import Campaign
 from scaling.data.truthfiles import load_truth
 from scaling.data.validate import IngestError
+from scaling.fit import fit_campaign
+from scaling.fitting.objective import chi_squared_sums
+from scaling.fitting.params import make_batches
+from scaling.fitting.start import load_observations
 from tests.campaigns import tree_digest, write_campaign
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -276,3 +280,32 @@ def test_bad_ramps_are_refused_with_the_store_untouched(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"scaling ingest: error: {bad}: {field}: ") and err.count("\n") == 1
     assert tree_digest(store) == before
+
+
+# --- a fit of the ingested ramps ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_store_of_ingested_ramps_fits(uncal, tmp_path):
+    """Two steps of the test fit on the `_uncal` store: its masked slopes (NaN where
+    masked) give a finite, decreasing loss, and the χ² counts only kept slopes."""
+    folder, campaign = uncal
+    base = load_config(CONFIGS / "io_test_fit.toml")
+    config = dataclasses.replace(
+        base,
+        campaign=campaign.where,
+        results=str(tmp_path / "results.zarr"),
+        truth=str(folder),
+        steps=2,
+        instrument=dataclasses.replace(base.instrument, npix=64),
+        tracking=dataclasses.replace(base.tracking, uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    )
+    outcome = fit_campaign(config, progress=False)
+    total = outcome.history["total"]
+    assert np.all(np.isfinite(total)) and total[-1] < total[0]
+    model = config.instrument.build(["F430M"])
+    observations = load_observations(campaign, campaign.names)
+    batches = make_batches(observations, list(campaign.names), list(campaign.epochs))
+    _, count = chi_squared_sums(model, outcome.params, batches)
+    kept = sum(int((~r.slope_mask).sum()) for r in _records(campaign).values())
+    assert int(count) == kept
