@@ -7,8 +7,9 @@ covariance
     C_kk = (μ_k + 2 σ²) / n_k,   C_k,k+1 = -σ² n_k,k+1 / (n_k n_k+1),
 
 with μ_k the model slope (photon variance), σ the read noise, electrons, and n_k,k+1 the
-integrations that kept both slopes (`SlopeCounts`; without it every n is `nints`). The
-Gaussian likelihood uses this tridiagonal C exactly (a Cholesky recursion along the
+integrations that kept both slopes (`SlopeCounts`; without it every n is `nints`, and
+the code is the one used before per-slope masks, so such exposures give the same bits).
+The Gaussian likelihood uses this tridiagonal C exactly (a Cholesky recursion along the
 slopes), or only its diagonal. A masked slope (saturated, a jump, a bad pixel) is dropped
 exactly: without it C is still tridiagonal, its neighbours' entry being 0, so the
 recursion runs with the masked slope given unit variance, zero residual and no coupling,
@@ -86,21 +87,39 @@ def whitened_residuals(
     counts: SlopeCounts | None = None,
     bad: Bool[Array, "p p"] | None = None,
 ) -> tuple[Float[Array, "s p p"], Float[Array, "s p p"]]:
-    """(y, log l): whitened residuals and log Cholesky diagonal of each pixel's covariance
-    of its kept slopes; both 0 on dropped slopes (see `_dropped`), whose data are replaced
-    before any arithmetic. `counts` (default: every slope from `nints`) replaces `nints`."""
-    if counts is None:
-        counts = uniform_counts(jnp.zeros(data.shape[1:], dtype=bool), nints, data.shape[0])
-    dropped = _dropped(counts, bad)
-    n = jnp.where(dropped, 1.0, counts.n)
+    """(y, log l): whitened residuals and log Cholesky diagonal of each pixel's covariance.
+
+    Without `counts`, of all slopes, each from `nints` integrations. With `counts` (and
+    the pixel mask `bad`), of the kept slopes: both are 0 on dropped slopes (see
+    `_dropped`), whose data are replaced before any arithmetic.
+    """
     var_read = read_noise**2
-    diag = jnp.where(dropped, 1.0, (jnp.maximum(model, 0.0) + 2 * var_read) / n)
-    resid = jnp.where(dropped, 0.0, jnp.where(dropped, 0.0, data) - model)  # no NaN gets in
+    if counts is None:
+        diag = (jnp.maximum(model, 0.0) + 2 * var_read) / nints
+        resid = data - model
+        off = jnp.full_like(diag[1:], -var_read / nints)
+    else:
+        dropped = _dropped(counts, bad)
+        n = jnp.where(dropped, 1.0, counts.n)
+        diag = jnp.where(dropped, 1.0, (jnp.maximum(model, 0.0) + 2 * var_read) / n)
+        resid = jnp.where(dropped, 0.0, jnp.where(dropped, 0.0, data) - model)
+        coupled = ~(dropped[:-1] | dropped[1:])
+        off = jnp.where(coupled, -(var_read / n[:-1]) * (counts.pairs / n[1:]), 0.0)
     if diagonal:
         return resid / jnp.sqrt(diag), 0.5 * jnp.log(diag)
-    coupled = ~(dropped[:-1] | dropped[1:])
-    off = jnp.where(coupled, -(var_read / n[:-1]) * (counts.pairs / n[1:]), 0.0)
     return _tridiagonal_whiten(resid, diag, off)
+
+
+def _whitened_terms(data, model, read_noise, nints, bad, diagonal, counts):
+    """(y, per-slope NLL terms y² + 2 log l + log 2π, kept): without `counts` every slope
+    of a good pixel is kept (bad pixels' data zeroed first), with it the kept ones."""
+    if counts is None:
+        y, logl = whitened_residuals(_masked(data, bad), model, read_noise, nints, diagonal)
+        kept = jnp.broadcast_to(~bad, data.shape)
+        return y, y**2 + 2 * logl + jnp.log(2 * jnp.pi), kept
+    y, logl = whitened_residuals(data, model, read_noise, nints, diagonal, counts, bad)
+    kept = ~_dropped(counts, bad)
+    return y, jnp.where(kept, y**2 + 2 * logl + jnp.log(2 * jnp.pi), 0.0), kept
 
 
 def gaussian_nll(
@@ -112,11 +131,9 @@ def gaussian_nll(
     diagonal: bool = False,
     counts: SlopeCounts | None = None,
 ) -> Float[Array, ""]:
-    """Negative log-likelihood of the kept slopes of all good pixels (bad pixels and
-    masked slopes left out); `counts` (default: every slope from `nints`) per slope."""
-    counts = uniform_counts(bad, nints, data.shape[0]) if counts is None else counts
-    y, logl = whitened_residuals(data, model, read_noise, nints, diagonal, counts, bad)
-    terms = jnp.where(_dropped(counts, bad), 0.0, y**2 + 2 * logl + jnp.log(2 * jnp.pi))
+    """Negative log-likelihood of the slopes of all good pixels (bad pixels masked); with
+    `counts`, of the kept slopes only, each from its own integrations."""
+    _, terms, _ = _whitened_terms(data, model, read_noise, nints, bad, diagonal, counts)
     per_pixel = 0.5 * jnp.sum(terms, axis=0)
     return jnp.sum(jnp.where(bad, 0.0, per_pixel))
 
@@ -131,10 +148,8 @@ def chi_squared(
     counts: SlopeCounts | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """(χ², number of kept slopes) over good pixels; χ²/n is the reduced chi-squared."""
-    counts = uniform_counts(bad, nints, data.shape[0]) if counts is None else counts
-    y, _ = whitened_residuals(data, model, read_noise, nints, diagonal, counts, bad)
+    y, _, kept = _whitened_terms(data, model, read_noise, nints, bad, diagonal, counts)
     good = ~bad
-    kept = ~_dropped(counts, bad)
     return jnp.sum(jnp.where(good, jnp.sum(y**2, axis=0), 0.0)), jnp.sum(kept)
 
 

@@ -93,10 +93,10 @@ class Observation:
 
     def extra(self):
         """What the likelihood needs besides data and mask: a rate's variance (1, p, p),
-        or the slopes' `SlopeCounts`."""
+        the slopes' `SlopeCounts` when they have masks of their own, else None."""
         if self.kind == "rate":
             return jnp.asarray(self.variance, dtype=jnp.float64)
-        return self.slope_counts()
+        return None if self.slope_mask is None else self.slope_counts()
 
 
 class Batch(eqx.Module):
@@ -111,8 +111,8 @@ class Batch(eqx.Module):
         weight: (b,) 1 for real exposures, 0 for padding added for device sharding.
         filter, resolved, kind: static (`Observation.kind`).
         variance: (b, 1, p, p) rate variances, (e-/s)², for kind "rate"; None for slopes.
-        counts: the slopes' `SlopeCounts`, stacked (b, …), for kind "slopes"; None for
-            rates.
+        counts: the slopes' `SlopeCounts`, stacked (b, …), when a member has slope masks
+            of its own (`Observation.slope_counts`); None otherwise and for rates.
     """
 
     exposure_index: Int[Array, " b"]
@@ -167,7 +167,7 @@ def make_batches(
                 resolved=resolved,
                 kind=kind,
                 variance=_stacked_variance(members),
-                counts=None if kind == "rate" else _stacked_counts(members),
+                counts=_stacked_counts(members),
             )
         )
     return batches
@@ -180,8 +180,11 @@ def _stacked_variance(members: list[Observation]) -> Float[Array, "b 1 p p"] | N
     return jnp.asarray(np.stack([o.variance for o in members]), dtype=jnp.float64)
 
 
-def _stacked_counts(members: list[Observation]) -> SlopeCounts:
-    """The members' `SlopeCounts` stacked along a leading exposure axis."""
+def _stacked_counts(members: list[Observation]) -> SlopeCounts | None:
+    """The members' `SlopeCounts` stacked along a leading exposure axis, or None where no
+    member has slope masks of its own (the likelihood then takes the unmasked path)."""
+    if all(o.slope_mask is None for o in members):
+        return None
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[o.slope_counts() for o in members])
 
 
