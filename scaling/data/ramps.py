@@ -143,7 +143,7 @@ def read_ramp(path: str | os.PathLike, gain: float | None, options: RampOptions)
     mask = (counts == 0) | bad
     slope = np.where(mask, np.nan, _mean(diffs, keep))
     read_noise = _read_noise(diffs, keep, bad, gain)
-    photons = np.maximum(_mean(np.where(mask, 0.0, slope), ~mask), 0.0)
+    photons = np.maximum(_mean(slope, ~mask), 0.0)
     variance = (photons + 2 * read_noise**2) / np.where(mask, np.nan, counts)
     return RampSlopes(
         slope=slope,
