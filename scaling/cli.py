@@ -1,7 +1,8 @@
 """The `scaling` command line.
 
     scaling simulate CONFIG.toml --out DIR   simulate a campaign (FITS files + truth;
-                                             --products rate: JWST-like _cal files)
+                                             --products rate: JWST-like _cal files,
+                                             uncal/ramp: JWST ramps)
     scaling demo CONFIG.toml --out DIR       simulate, then draw PNGs of it into DIR
     scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr   FITS exposures → Zarr campaign store
     scaling inspect FILE_OR_STORE...         one line per exposure of files or stores
@@ -27,7 +28,7 @@ from scaling.config import CampaignConfig, Config, load_config
 from scaling.data.export import add_export_parser
 from scaling.data.ingest import add_ingest_parser
 from scaling.data.inspect import add_inspect_parser
-from scaling.data.products import KINDS, SLOPES
+from scaling.data.products import PRODUCTS, SLOPES
 from scaling.simulate import simulate
 
 EXIT_USAGE = 2
@@ -192,9 +193,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "simulate":
             sub.add_argument(
                 "--products",
-                choices=KINDS,
+                choices=PRODUCTS,
                 default=SLOPES,
-                help="exposure files: our slope files (default) or JWST-like rate products",
+                help="exposure files: our slope files (default), JWST-like rate products "
+                "(_cal), raw ramps (_uncal) or stage-1 ramps (_ramp)",
             )
         if name == "demo":
             sub.set_defaults(products=SLOPES)

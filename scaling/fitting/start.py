@@ -54,7 +54,8 @@ def open_selection(config: FitConfig) -> Campaign:
 
 def load_observations(campaign: Campaign, names) -> list[Observation]:
     """Observations of the named exposures, read from the store (float64, bool masks); a
-    rate exposure (kind 'rate') brings its rate e-/s and variance (e-/s)², (1, p, p)."""
+    rate exposure (kind 'rate') brings its rate e-/s and variance (e-/s)², (1, p, p);
+    slopes from ramps bring their slope masks and integration counts."""
     records = campaign.read(names)
     observations = []
     for name in names:
@@ -68,8 +69,10 @@ def load_observations(campaign: Campaign, names) -> list[Observation]:
             dither=(info.dither_x, info.dither_y),
         )
         variance = rec.variance if info.kind == "rate" else None
+        masks = {"slope_mask": rec.slope_mask, "counts": rec.counts}
+        masks["pair_counts"] = rec.pair_counts
         observations.append(
-            Observation(name, info.epoch, spec, rec.slope, rec.badpix, info.kind, variance)
+            Observation(name, info.epoch, spec, rec.slope, rec.badpix, info.kind, variance, **masks)
         )
     return observations
 
@@ -145,7 +148,7 @@ def centroid_position(
     the centroid within a square of half-side `window` pixels (default npix // 4) about
     the last one, so that the frame edge pulls it less towards the centre.
     """
-    light = np.where(observation.bad, 0.0, np.asarray(observation.slopes).mean(axis=0))
+    light = np.where(observation.bad, 0.0, observation.mean_slope())
     light = np.where(np.isfinite(light), np.maximum(light, 0.0), 0.0)  # bad pixels may be NaN
     npix = light.shape[-1]
     half = npix // 4 if window is None else window
@@ -171,8 +174,7 @@ def initial_local(config: FitConfig, observations: list[Observation], n_epochs: 
     the mean slope over the group time).
     """
     rates = [
-        np.sum(np.where(o.bad, 0.0, o.slopes).mean(axis=0))
-        / (1.0 if o.kind == "rate" else float(o.spec.group_time))
+        np.sum(o.mean_slope()) / (1.0 if o.kind == "rate" else float(o.spec.group_time))
         for o in observations
     ]
     n = len(observations)
