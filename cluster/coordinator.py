@@ -242,6 +242,12 @@ class RayStepper:
         sums = self._gather([w.chi_squared.remote(shared) for w in self.workers], "chi2")
         return sum(c for c, _ in sums), sum(n for _, n in sums)
 
+    def validation_nll(self) -> float:
+        if not self.config.validation_fraction:
+            return float("nan")
+        shared = ray.put(self.shared)
+        return sum(self._gather([w.validation_nll.remote(shared) for w in self.workers], "nll"))
+
     def residual_maps(self) -> dict[str, np.ndarray]:
         shared = ray.put(self.shared)
         maps = self._gather([w.residual_maps.remote(shared) for w in self.workers], "residuals")

@@ -27,14 +27,8 @@ from scaling.fitting.engine import (
     shard_batches,
     split,
 )
-from scaling.fitting.objective import chi_squared_sums, residual_maps
-from scaling.fitting.params import make_batches
-from scaling.fitting.start import (
-    initial_params,
-    load_observations,
-    open_selection,
-    settings_from,
-)
+from scaling.fitting.objective import chi_squared_sums, nll_sum, residual_maps
+from scaling.fitting.start import fit_data, initial_params, open_selection, settings_from
 
 
 class WorkerError(RuntimeError):
@@ -81,12 +75,13 @@ class ShardWorker:
         self.label = f"worker {shard.index}"
         check_devices(config.cluster.gpus_per_worker, self.label)
         self.config, self.shard = config, shard
-        self.observations = load_observations(open_selection(config), shard.exposures)
         self.model = config.instrument.build(filters)
         self.epochs = list(shard.epochs)
+        data = fit_data(config, open_selection(config), shard.exposures, self.epochs)
+        self.observations = data.observations
         self.settings = settings_from(config, self.observations)
-        batches = make_batches(self.observations, list(shard.exposures), self.epochs)
-        self.batches = shard_batches(batches) if len(jax.local_devices()) > 1 else batches
+        spread = shard_batches if len(jax.local_devices()) > 1 else list
+        self.batches, self.validation = spread(data.batches), spread(data.validation)
         self.initial = initial_params(config, self.model, self.observations, self.epochs)
         self.fisher = initial_scale(self.model, self.initial, self.batches, self.settings)
         self.fitter = None
@@ -164,6 +159,10 @@ class ShardWorker:
         """(Σ χ², Σ measurements) of this shard at the `shared` parameters."""
         chi2, count = chi_squared_sums(self.model, self._with(shared), self.batches)
         return float(chi2), float(count)
+
+    def validation_nll(self, shared: dict) -> float:
+        """NLL of this shard's held-out validation pixels at the `shared` parameters."""
+        return float(nll_sum(self.model, self._with(shared), self.validation))
 
     def residual_maps(self, shared: dict) -> dict[str, np.ndarray]:
         """Exposure name → (p, p) mean whitened residual of this shard."""

@@ -28,6 +28,7 @@ from scaling.data.store import Campaign
 from scaling.fitting.engine import FitResult
 from scaling.fitting.start import open_selection
 from scaling.fitting.stepper import InProcess, Stepper, StepperFactory, WorkerLost
+from scaling.fitting.validation import METRIC as VALIDATION
 from scaling.report.fit_plots import write_fit_pictures
 from scaling.report.tracking import fit_run, tracking_uri
 from scaling.report.truth import truth_comparison
@@ -105,7 +106,7 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
         tags=tags,
     ) as (active, metrics):
         if run_id:
-            metrics.catch_up(history)
+            metrics.catch_up(history, others=[VALIDATION])
         history = _steps(config, stepper, results, metrics, start, history, progress, callback)
         qn = config.quasi_newton
         if qn.steps:
@@ -167,6 +168,8 @@ def _steps(
             history.setdefault(k, []).append(v)
         metrics.add(step, terms)
         if due:
+            if config.validation_fraction:
+                metrics.add(step, {VALIDATION: stepper.validation_nll()})
             results.write_checkpoint(step, {**trees, "history": _arrays(history)}, keep=2)
             metrics.flush()
         bar.update(1)

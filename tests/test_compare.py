@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One 2-step fit of the tiny simulated campaign → (tracking URI, its RunSummary)."""
+    """One 2-step fit of the tiny simulated campaign, 5% of its pixels held out for
+    validation → (tracking URI, its RunSummary)."""
     root = tmp_path_factory.mktemp("compare")
     sim = simulated_campaign("configs/io_test.toml", root)
     base = load_config("configs/io_test_fit.toml")
@@ -38,6 +39,7 @@ def run(tmp_path_factory):
         results=str(root / "results.zarr"),
         truth=str(sim),
         steps=2,
+        validation_fraction=0.05,
         tracking=dataclasses.replace(base.tracking, uri=f"sqlite:///{root / 'mlflow.db'}"),
     )
     outcome = fit_campaign(config, progress=False)
@@ -72,6 +74,9 @@ def test_compare_cli_writes_grid_differences_and_table(run, tmp_path):
     with open(out / "metrics.csv") as table:
         rows = list(csv.DictReader(table))
     assert [r["run"] for r in rows] == [summary.run_id]
+    history = MlflowClient(uri).get_metric_history(summary.run_id, "validation_nll")
+    assert [m.step for m in history] == [2]
+    assert float(rows[0]["validation_nll"]) == pytest.approx(history[0].value, rel=1e-5)
     assert float(rows[0]["mean_ncc"]) == pytest.approx(
         np.mean([v for k, v in summary.metrics.items() if k.startswith("ncc.")]), rel=1e-5
     )

@@ -195,7 +195,9 @@ class FitConfig:
     the nominal start ("" for none; those without an optimiser then stay fixed);
     position_start: "centre" (every position starts at the frame centre, the default)
     or "centroid" (at the centroid of the exposure's good pixels: real targets are not
-    centred).
+    centred); validation_fraction: share of each exposure's good pixels held out of the
+    training loss and scored as the validation NLL (0: none; see
+    `scaling.fitting.validation`); validation_seed: which pixels.
     """
 
     KIND: ClassVar[str] = "fit"
@@ -219,9 +221,14 @@ class FitConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     calibration: str = ""
     position_start: str = "centre"
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
 
     def __post_init__(self):
         positive_ints(self, "steps", "checkpoint_every")
+        f = self.validation_fraction
+        require(0 <= f <= 0.5, "validation_fraction", "a number in [0, 0.5]", f)
+        positive_ints(self, "validation_seed", minimum=0)
         require(
             self.position_start in POSITION_STARTS,
             "position_start",

@@ -118,6 +118,12 @@ def loss(model, params, batches, reg_weights, diagonal: bool = False) -> Float[A
     return loss_terms(model, params, batches, reg_weights, diagonal)["total"]
 
 
+@eqx.filter_jit
+def nll_sum(model: ExposureModel, params: dict, batches: list[Batch]) -> Float[Array, ""]:
+    """Σ NLL over `batches` (with held-out batches: the validation NLL)."""
+    return sum(jnp.sum(batch_nll(model, params, b)) for b in batches)
+
+
 def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
     """((b,) χ², (b,) measurement counts) of every exposure in `batch` (0 for padding)."""
     chi2, count = _per_exposure(model, params, batch, "chi_squared", diagonal)

@@ -5,6 +5,8 @@ Shared by the single process (`scaling.fitting.stepper.InProcess`) and the clust
 coordinator and shard workers, so all of them fit the same exposures from the same point.
 """
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,8 @@ from scaling.config.roles import ROLES
 from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fitting.engine import FitSettings, join
-from scaling.fitting.params import Observation
+from scaling.fitting.params import Batch, Observation, make_batches
+from scaling.fitting.validation import split_held_out
 
 _SELECT_FIELDS = {"target": "targets", "filter": "filters", "observation": "observations"}
 
@@ -75,6 +78,28 @@ def load_observations(campaign: Campaign, names) -> list[Observation]:
             Observation(name, info.epoch, spec, rec.slope, rec.badpix, info.kind, variance, **masks)
         )
     return observations
+
+
+@dataclass
+class FitData:
+    """What a fit of some exposures works on: the training observations and their
+    batches, and the batches of the held-out validation pixels ([] when none are)."""
+
+    observations: list[Observation]
+    batches: list[Batch]
+    validation: list[Batch]
+
+
+def fit_data(config: FitConfig, campaign: Campaign, names, epochs: list[str]) -> FitData:
+    """The named exposures read from the store, their validation pixels held out as
+    `config.validation_fraction` asks (see `scaling.fitting.validation`), batched."""
+    observations, validation = load_observations(campaign, names), []
+    if config.validation_fraction:
+        observations, held = split_held_out(
+            observations, config.validation_fraction, config.validation_seed
+        )
+        validation = make_batches(held, list(names), epochs)
+    return FitData(observations, make_batches(observations, list(names), epochs), validation)
 
 
 def initial_shared(config: FitConfig, model: ExposureModel) -> dict:

@@ -33,15 +33,13 @@ from model.constants import FILTERS
 from scaling.data.results import Results
 from scaling.data.staging import staged_folder
 from scaling.data.truthfiles import load_truth
+from scaling.fitting.validation import METRIC as VALIDATION
 from scaling.report.plots import _cmap, _figure
 from scaling.report.tracking import EXPERIMENT, tracking_uri
 from scaling.report.truth import blur, centre_crop, resolution_arcsec
 
 REGULARISER_PREFIX = "regularisers."
 """Flattened-config key prefix of the regulariser weights (see `scaling.report.tracking`)."""
-
-VALIDATION = "validation_nll"
-"""The metric of the held-out pixels' NLL that chooses between runs."""
 
 
 @dataclass(frozen=True)

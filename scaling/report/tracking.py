@@ -82,13 +82,14 @@ class MetricLog:
         if len(self.pending) >= self.every * max(len(values), 1):
             self.flush()
 
-    def catch_up(self, history: Mapping[str, Sequence[float]]) -> None:
+    def catch_up(self, history: Mapping[str, Sequence[float]], others: Sequence[str] = ()) -> None:
         """On resuming the run: note which steps of each metric of `history` (name →
-        values of steps 1, 2, …) it holds, and send the ones it lacks (those a killed
-        driver had buffered)."""
+        values of steps 1, 2, …) and of the metrics `others` (logged at some steps) it
+        holds, and send the steps of `history` it lacks (those a killed driver had
+        buffered)."""
         self.logged = {
             name: {m.step for m in self.client.get_metric_history(self.run_id, name)}
-            for name in history
+            for name in [*history, *others]
         }
         for name, values in history.items():
             for step, value in enumerate(values, start=1):
