@@ -92,6 +92,7 @@ class ShardWorker:
         return {
             "index": self.shard.index,
             "node_id": context.get_node_id() if context else "",
+            "placement_group": (context.get_placement_group_id() or "") if context else "",
             "pid": os.getpid(),
             "devices": [str(d) for d in jax.local_devices()],
             "exposures": list(self.shard.exposures),

@@ -180,7 +180,7 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_compare)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(more_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaling", description="Simulate and fit JWST NIRISS AMI campaigns."
     )
@@ -223,16 +223,23 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--configs", type=Path, help="its fit configs (default configs/NAME)")
     study.add_argument("--quiet", action="store_true", help="print the tables only")
     study.set_defaults(handler=_study)
+    for register in more_commands:
+        register(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, stepper_for: Callable = in_process_only) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    stepper_for: Callable = in_process_only,
+    more_commands: Sequence[Callable] = (),
+) -> int:
     """Run the command line; returns the exit status.
 
     `stepper_for(fit_config)` picks what runs a fit's steps (None: in this process);
-    `cluster.cli` passes one that starts Ray workers when the config asks for them.
+    `cluster.cli` passes one that starts Ray workers when the config asks for them, and
+    in `more_commands` the functions that register its own commands (`scaling sweep`).
     """
-    args = _parser().parse_args(argv)
+    args = _parser(more_commands).parse_args(argv)
     args.stepper = stepper_for
     start = time.perf_counter()
     try:

@@ -11,10 +11,12 @@ from scaling.config import (
     ConfigError,
     FitConfig,
     FlatFieldConfig,
+    SweepConfig,
     config_to_dict,
     load_config,
     parse_config,
 )
+from scaling.config.load import override
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -32,6 +34,11 @@ def test_every_shipped_config_parses(path):
     config = load_config(path)
     if path.stem.endswith("_fit"):
         expected = FitConfig
+    elif "sweep" in path.stem:
+        expected = SweepConfig
+        base = load_config(config.fit)
+        for key, domain in config.space.items():
+            override(base, {key: next(iter(domain.values()))[0]}, str(path))
     elif path.name.startswith("flatfield"):
         expected = FlatFieldConfig
     else:

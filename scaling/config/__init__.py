@@ -1,7 +1,8 @@
 """Run and simulation configs: TOML files validated into frozen, typed dataclasses.
 
 `checks` (errors and value checks), `simulation` (the Io campaign and the star field),
-`fitting` (a fit and where it runs) and `load` (kinds, parsing, loading, writing back).
+`fitting` (a fit and where it runs), `sweep` (hyperparameter sweeps) and `load` (kinds,
+parsing, loading, writing back).
 """
 
 from scaling.config.checks import ConfigError
@@ -27,6 +28,7 @@ from scaling.config.simulation import (
     TruthConfig,
     VolcanoConfig,
 )
+from scaling.config.sweep import SweepConfig
 
 __all__ = [
     "KINDS",
@@ -46,6 +48,7 @@ __all__ = [
     "QuasiNewtonConfig",
     "SelectConfig",
     "StarFieldConfig",
+    "SweepConfig",
     "TrackingConfig",
     "TruthConfig",
     "VolcanoConfig",

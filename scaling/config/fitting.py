@@ -1,5 +1,6 @@
 """Fit configs: what `scaling fit` reads (`FitConfig`) and its parts."""
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -37,12 +38,14 @@ class OptimiserConfig:
 
     def __post_init__(self):
         require(self.kind in OPTIMISERS, "kind", f"one of {', '.join(OPTIMISERS)}", self.kind)
-        require(self.lr > 0, "lr", "a number > 0", self.lr)
+        require(0 < self.lr < math.inf, "lr", "a finite number > 0", self.lr)
         require(self.start >= 0, "start", "an integer >= 0", self.start)
 
     def transform(self) -> optax.GradientTransformation:
-        """The optax optimiser, masked until `start`."""
-        inner = getattr(optax, self.kind)(self.lr)
+        """The optax optimiser, masked until `start`. Its learning rate lives in the
+        optimiser state (a traced value), so fits that differ only in learning rates (a
+        sweep's trials) compile to the same program and share the compilation cache."""
+        inner = optax.inject_hyperparams(getattr(optax, self.kind))(learning_rate=self.lr)
         if self.start <= 0:
             return inner
         return optax.conditionally_mask(inner, lambda count: count >= self.start)
@@ -238,9 +241,9 @@ class FitConfig:
         require(self.image_npix % 2 == 1, "image_npix", "an odd integer", self.image_npix)
         require(self.jitter > 0, "jitter", "pixels > 0 (0 has no gradient)", self.jitter)
         require(self.read_noise > 0, "read_noise", "e- > 0", self.read_noise)
-        for name in self.regularisers:
-            require(
-                name in REGULARISERS, f"regularisers.{name}", f"one of {sorted(REGULARISERS)}", name
-            )
+        for name, weight in self.regularisers.items():
+            key = f"regularisers.{name}"
+            require(name in REGULARISERS, key, f"one of {sorted(REGULARISERS)}", name)
+            require(0 <= weight < math.inf, key, "a finite weight >= 0", weight)
         for name in self.optimisers:
             require(name in ROLES, f"optimisers.{name}", f"one of {sorted(ROLES)}", name)

@@ -59,6 +59,9 @@ class Stepper(Protocol):
         """NLL of the held-out validation pixels at the current parameters (NaN when the
         fit holds none out)."""
 
+    def placement_tags(self) -> dict[str, str]:
+        """Where the fit runs, as MLflow tags (workers' nodes, processes, placement)."""
+
     def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
         """The quasi-Newton stage on parameters `names`; the loss before each iteration
         (fewer than `steps` once it has converged to `tolerance`, see `lbfgs_refine`)."""
@@ -115,6 +118,9 @@ class InProcess:
 
     def residual_maps(self) -> dict[str, np.ndarray]:
         return residual_maps(self.model, self._params, self.observations, self.epochs)
+
+    def placement_tags(self) -> dict[str, str]:
+        return {}
 
     def validation_nll(self) -> float:
         if not self.validation:

@@ -5,7 +5,8 @@
 
 Writes into DIR (and, for `--sweep`, logs to the parent run under `compare/`):
 
-* `images.png`: the final epoch images, epochs in rows and runs in columns, on one colour
+* `images.png` (of the runs that saved results: not those stopped early or failed): the
+  final epoch images, epochs in rows and runs in columns, on one colour
   scale, with the truth (blurred to λ / B_max, as the NCC metric sees it) as the first
   column when the runs fitted a simulated campaign;
 * `differences.png`: each run's images minus the reference run's (default: the first);
@@ -30,6 +31,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from model.constants import FILTERS
+from scaling.data._zarr import StoreError
 from scaling.data.results import Results
 from scaling.data.staging import staged_folder
 from scaling.data.truthfiles import load_truth
@@ -65,12 +67,13 @@ def find_runs(
     parent: str | None = None,
     experiment: str | None = None,
     filter_string: str = "",
+    missing_ok: bool = False,
 ) -> list[RunSummary]:
     """The runs named, or the nested runs of `parent`, or the runs of `experiment` that
     match `filter_string` (MLflow search syntax), oldest first.
 
     Raises:
-        ValueError: an unknown run or experiment, or no run found.
+        ValueError: an unknown run or experiment, or (unless `missing_ok`) no run found.
     """
     if run_ids:
         runs = []
@@ -90,7 +93,7 @@ def find_runs(
                 raise ValueError(f"experiment {experiment!r}: not found in {client.tracking_uri}")
             ids = [found.experiment_id]
         runs = client.search_runs(ids, filter_string, order_by=["attributes.start_time ASC"])
-    if not runs:
+    if not runs and not missing_ok:
         raise ValueError(f"no runs to compare ({parent or experiment or run_ids})")
     return [
         RunSummary(
@@ -161,30 +164,48 @@ def _truth_images(run: RunSummary, count: int, n: int, pixel_scale: float):
     return np.asarray([image / image.sum() for image in out])
 
 
-def _load_images(runs: list[RunSummary]) -> tuple[list[str], np.ndarray, float]:
-    """(epoch names, (runs, epochs, n, n) final images, pixel scale arcsec)."""
-    snapshots = []
+def _saved(runs: list[RunSummary]) -> list[tuple[RunSummary, object]]:
+    """(run, its results snapshot) of the runs whose results store holds a final save
+    (a trial stopped early or failed has none)."""
+    out = []
     for r in runs:
         if not r.results:
-            raise ValueError(f"run {r.run_id}: tag results: no results store recorded")
-        snapshots.append(Results.open(r.results).load())
-    names = [im.name for im in snapshots[0].images]
-    for r, snap in zip(runs, snapshots, strict=True):
+            continue
+        try:
+            out.append((r, Results.open(r.results).load()))
+        except StoreError:
+            continue
+    return out
+
+
+def _load_images(saved) -> tuple[list[str], np.ndarray, float]:
+    """(epoch names, (runs, epochs, n, n) final images, pixel scale arcsec)."""
+    first = saved[0][1]
+    names = [im.name for im in first.images]
+    for r, snap in saved:
         if [im.name for im in snap.images] != names:
             raise ValueError(
                 f"{r.results}: epochs {[im.name for im in snap.images]} differ from {names} "
-                f"of {runs[0].results}"
+                f"of {saved[0][0].results}"
             )
-    images = np.asarray([[im.data for im in snap.images] for snap in snapshots])
-    return names, images, snapshots[0].images[0].pixel_scale
+    images = np.asarray([[im.data for im in snap.images] for _, snap in saved])
+    return names, images, first.images[0].pixel_scale
 
 
 def write_image_grids(
     runs: list[RunSummary], folder: Path, reference: str | None = None
-) -> tuple[Path, Path]:
-    """images.png (truth first when known) and differences.png against `reference`."""
-    names, images, scale = _load_images(runs)
-    index = [r.run_id for r in runs].index(reference) if reference else 0
+) -> list[Path]:
+    """images.png (truth first when known) and differences.png against `reference`, of
+    the runs with saved results ([] if none has)."""
+    saved = _saved(runs)
+    if not saved:
+        return []
+    runs = [r for r, _ in saved]
+    names, images, scale = _load_images(saved)
+    ids = [r.run_id for r in runs]
+    if reference and reference not in ids:
+        raise ValueError(f"--reference {reference}: that run has no saved results")
+    index = ids.index(reference) if reference else 0
     truth = _truth_images(runs[0], len(names), images.shape[-1], scale)
     columns = ([("truth", truth)] if truth is not None else []) + [
         (r.label, images[i]) for i, r in enumerate(runs)
@@ -216,7 +237,7 @@ def write_image_grids(
     fig.colorbar(im, ax=axes[:, -1], label="difference (fraction of total flux)")
     diff_path = folder / "differences.png"
     fig.savefig(diff_path, dpi=80)
-    return images_path, diff_path
+    return [images_path, diff_path]
 
 
 def regulariser_weight(runs: list[RunSummary]) -> str | None:
@@ -225,14 +246,15 @@ def regulariser_weight(runs: list[RunSummary]) -> str | None:
     return keys[0][len(REGULARISER_PREFIX) :] if len(keys) == 1 else None
 
 
-def chosen_run(runs: list[RunSummary]) -> RunSummary | None:
-    """The finished run of least validation NLL (None if no run has one)."""
-    scored = [
-        r
-        for r in runs
-        if r.status == "FINISHED" and math.isfinite(r.metrics.get(VALIDATION, math.nan))
-    ]
-    return min(scored, key=lambda r: r.metrics[VALIDATION]) if scored else None
+def chosen_run(
+    runs: list[RunSummary], metric: str = VALIDATION, mode: str = "min"
+) -> RunSummary | None:
+    """The finished run of least (`mode` "min") or greatest `metric`; None if no finished
+    run has a finite value of it."""
+    finished = [r for r in runs if r.status == "FINISHED"]
+    scored = [r for r in finished if math.isfinite(r.metrics.get(metric, math.nan))]
+    sign = 1 if mode == "min" else -1
+    return min(scored, key=lambda r: sign * r.metrics[metric], default=None)
 
 
 def write_regularisation_curves(runs: list[RunSummary], folder: Path) -> list[Path]:
