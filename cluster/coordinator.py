@@ -47,8 +47,10 @@ def worker_env(cluster: ClusterConfig) -> dict[str, str]:
 
 
 def compile_cache(cluster: ClusterConfig) -> str:
-    """The compilation cache folder: the config's, or one per user on each node."""
-    return cluster.compile_cache or str(Path.home() / ".cache" / "ami-scaling" / "jax")
+    """The compilation cache folder: the config's, else JAX's own $JAX_COMPILATION_CACHE_DIR,
+    else one per user on each node."""
+    default = str(Path.home() / ".cache" / "ami-scaling" / "jax")
+    return cluster.compile_cache or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default
 
 
 def connect(cluster: ClusterConfig) -> bool:

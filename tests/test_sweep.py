@@ -23,6 +23,7 @@ from scaling.report.compare import find_runs
 from scaling.report.tracking import EXPERIMENT, local_server
 
 from .campaigns import simulated_campaign, write_toml
+from .conftest import CACHE
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -62,7 +63,7 @@ def base_fit(root: Path, server: str, steps: int = STEPS) -> str:
         steps=steps,
         checkpoint_every=2,
         tracking=dataclasses.replace(config.tracking, uri=server),
-        cluster=dataclasses.replace(config.cluster, compile_cache=str(root / "jax-cache")),
+        cluster=dataclasses.replace(config.cluster, compile_cache=CACHE),
     )
     return write_toml(root / f"fit-{steps}.toml", config)
 

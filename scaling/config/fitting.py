@@ -160,8 +160,8 @@ class ClusterConfig:
     cpus_per_worker, gpus_per_worker: Ray resources each worker requests (fractions
     allowed); placement: Ray placement-group strategy of the workers; max_restarts:
     lost workers replaced per run before it fails; compile_cache: JAX persistent
-    compilation cache folder shared by the workers ("" → ~/.cache/ami-scaling/jax on
-    each node).
+    compilation cache folder shared by the workers ("" → $JAX_COMPILATION_CACHE_DIR, else
+    ~/.cache/ami-scaling/jax on each node).
     """
 
     workers: int = 0
