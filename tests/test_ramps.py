@@ -187,6 +187,30 @@ def test_max_groups_keeps_the_start_of_each_ramp(uncal, tmp_path):
         np.testing.assert_allclose(r.slope[same], full[name].slope[:2][same], rtol=1e-12)
 
 
+def test_saturation_can_mask_whole_pixels_or_truncate_every_ramp(uncal, tmp_path):
+    """The two older ways, kept for comparison: a pixel saturated in any integration
+    masked whole; every pixel's ramp cut before the exposure's first saturated group."""
+    folder, campaign = uncal
+    files = sorted(folder.glob("*_uncal.fits"))
+    full = _records(campaign)
+    science = next(e for e in campaign.exposures if e.role == "science")
+    dn = fits.getdata(folder / science.source_file, "SCI").astype(float)
+    first = _first_saturated(dn)  # (nints, ny, nx) first saturated group
+    saturated = (first < dn.shape[1]).any(axis=0)
+    for how in ("pixels", "truncate"):
+        store = tmp_path / f"{how}.zarr"
+        ingest(files, store, progress=False, ramps=RampOptions(saturated=how))
+        record = _records(Campaign.open(store))[science.name]
+        good = ~full[science.name].badpix
+        if how == "pixels":
+            np.testing.assert_array_equal(record.badpix, full[science.name].badpix | saturated)
+        else:
+            limit = int(first[:, good & saturated].min())
+            assert record.ngroups == limit and record.slope.shape[0] == limit - 1
+            assert not record.badpix[good & saturated].any()
+            assert record.slope_mask[:, good].sum() < 0.01 * good.sum() * (limit - 1)
+
+
 def test_version_two_stores_are_still_read(tmp_path):
     """A schema-2 store (no ramps) opens; an ingest of ramps into it writes schema 3."""
     store = tmp_path / "old.zarr"

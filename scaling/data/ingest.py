@@ -43,7 +43,12 @@ from zarr.storage import LocalStore
 from scaling.data._zarr import Location, as_store, consolidate, describe, local_path
 from scaling.data.fitsio import META_FIELDS
 from scaling.data.jwst import NIRISS_GAIN
-from scaling.data.ramps import DEFAULT_RAMPS, DEFAULT_SATURATION_DN, RampOptions
+from scaling.data.ramps import (
+    DEFAULT_RAMPS,
+    DEFAULT_SATURATION_DN,
+    SATURATION_HANDLING,
+    RampOptions,
+)
 from scaling.data.store import (
     ARRAYS,
     KIND,
@@ -266,7 +271,8 @@ def aligned(rows: Sequence[Sequence[str]]) -> str:
 
 def add_gain_option(parser: argparse.ArgumentParser) -> None:
     """`--gain E_PER_DN` (default NIRISS's; 'none': no gain, so files in DN are refused)
-    and the ramp options `--saturation-dn DN`, `--max-groups N` (`RampOptions`) for
+    and the ramp options `--saturation-dn DN`, `--max-groups N`, `--saturated HOW`
+    (`RampOptions`) for
     commands that read JWST products."""
     parser.add_argument(
         "--gain",
@@ -290,6 +296,13 @@ def add_gain_option(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="keep only the first N groups of each ramp (default all)",
     )
+    parser.add_argument(
+        "--saturated",
+        choices=SATURATION_HANDLING,
+        default="slopes",
+        help="what a saturated group masks: its slope and later ones (default), the whole "
+        "pixel, or every pixel's ramp from the first saturated group of the exposure",
+    )
 
 
 def _gain(text: str) -> float | None:
@@ -299,7 +312,7 @@ def _gain(text: str) -> float | None:
 def ramp_options(args: argparse.Namespace) -> RampOptions:
     """The `RampOptions` of `--saturation-dn` and `--max-groups` (IngestError if invalid)."""
     try:
-        return RampOptions(args.saturation_dn, args.max_groups)
+        return RampOptions(args.saturation_dn, args.max_groups, args.saturated)
     except ValueError as err:
         raise IngestError(str(err)) from None
 

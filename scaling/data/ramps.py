@@ -63,15 +63,28 @@ RAMP_KEYWORDS = tuple(k for k in HEADER_KEYWORDS if k != "BUNIT")
 """Keywords a ramp product must carry: a rate product's, less its units (DN, or none)."""
 
 
+SATURATION_HANDLING = ("slopes", "pixels", "truncate")
+"""What a saturated group costs: its slope and those after it ("slopes", the default);
+every slope of a pixel saturated in any integration ("pixels", one mask per pixel); or
+every pixel's ramp from the first group in which any good pixel saturates ("truncate",
+one ramp limit per exposure)."""
+
+
 @dataclass(frozen=True)
 class RampOptions:
-    """How ramps become slopes: `saturation_dn` raw DN for files without GROUPDQ, and
-    `max_groups` (None: all) groups kept from the start of each integration."""
+    """How ramps become slopes: `saturation_dn` raw DN for files without GROUPDQ,
+    `max_groups` (None: all) groups kept from the start of each integration, and
+    `saturated`, one of `SATURATION_HANDLING`."""
 
     saturation_dn: float = DEFAULT_SATURATION_DN
     max_groups: int | None = None
+    saturated: str = "slopes"
 
     def __post_init__(self):
+        if self.saturated not in SATURATION_HANDLING:
+            raise ValueError(
+                f"saturated: expected one of {SATURATION_HANDLING}, got {self.saturated!r}"
+            )
         if not (np.isfinite(self.saturation_dn) and self.saturation_dn > 0):
             raise ValueError(f"saturation_dn: expected DN > 0, got {self.saturation_dn}")
         if self.max_groups is not None and self.max_groups < 2:
@@ -130,7 +143,18 @@ def read_ramp(path: str | os.PathLike, gain: float | None, options: RampOptions)
     saturated, unusable, jump = _group_flags(dn, groupdq, options.saturation_dn)
     reference = reference_pixel_mask(header["SUBSTRT1"], header["SUBSTRT2"], dn.shape[2:])
     bad = reference if pixeldq is None else reference | ((pixeldq & DO_NOT_USE) != 0)
-    _check_saturation(file, saturated, bad, "SCI" if groupdq is None else "GROUPDQ")
+    field = "SCI" if groupdq is None else "GROUPDQ"
+    _check_saturation(file, saturated, bad, field)
+    if options.saturated == "pixels":
+        bad = bad | saturated.any(axis=(0, 1))
+    elif options.saturated == "truncate":
+        hit = saturated[:, :, ~bad].any(axis=(0, 2))
+        limit = int(np.argmax(hit)) if hit.any() else dn.shape[1]
+        if limit < 2:
+            raise ProductError(
+                file, field, "a good pixel saturates by the second group: no ramp to truncate to"
+            )
+        dn, saturated, unusable, jump = (a[:, :limit] for a in (dn, saturated, unusable, jump))
 
     diffs = np.diff(dn, axis=1) * gain
     dropped = unusable[:, :-1] | unusable[:, 1:] | jump[:, 1:] | ~np.isfinite(diffs)
