@@ -207,8 +207,9 @@ def write_image_grids(
         raise ValueError(f"--reference {reference}: that run has no saved results")
     index = ids.index(reference) if reference else 0
     truth = _truth_images(runs[0], len(names), images.shape[-1], scale)
+    varying = varying_params(runs)
     columns = ([("truth", truth)] if truth is not None else []) + [
-        (r.label, images[i]) for i, r in enumerate(runs)
+        (_column_label(r, varying), images[i]) for i, r in enumerate(runs)
     ]
     top = max(float(np.nanmax(c[1])) for c in columns)
     half = images.shape[-1] * scale / 2
@@ -238,6 +239,12 @@ def write_image_grids(
     diff_path = folder / "differences.png"
     fig.savefig(diff_path, dpi=80)
     return [images_path, diff_path]
+
+
+def _column_label(run: RunSummary, varying: list[str]) -> str:
+    """A run's values of the parameters that differ (e.g. "tv=10, lr=0.05"), else its label."""
+    values = [f"{k.rsplit('.', 1)[-1]}={run.params.get(k, '')}" for k in varying]
+    return ", ".join(values) or run.label
 
 
 def regulariser_weight(runs: list[RunSummary]) -> str | None:
@@ -280,19 +287,17 @@ def write_regularisation_curves(runs: list[RunSummary], folder: Path) -> list[Pa
 
     best = chosen_run(done)
     if best is not None:
-        fig, axes = _figure(1, 1)
-        ax = axes[0, 0]
-        valid = [r.metrics.get(VALIDATION, np.nan) for r in done]
-        ax.plot(weights, valid, "o-", label="validation NLL (held-out pixels)")
-        ax.axvline(float(best.params[REGULARISER_PREFIX + name]), color="k", ls=":", label="chosen")
-        ax.set(xscale="log", xlabel=f"{name} weight", ylabel="validation NLL")
+        chosen = float(best.params[REGULARISER_PREFIX + name])
         nccs = [summary_metrics(r).get("mean_ncc", np.nan) for r in done]
+        panels = [("validation NLL (held-out pixels)", [r.metrics.get(VALIDATION) for r in done])]
         if np.isfinite(nccs).any():
-            twin = ax.twinx()
-            twin.plot(weights, nccs, "s--", color="C1", label="mean NCC with the truth")
-            twin.set_ylabel("mean NCC")
-            twin.legend(loc="lower right")
-        ax.legend(loc="upper left")
+            panels.append(("mean NCC with the truth", nccs))
+        fig, axes = _figure(1, len(panels))
+        for ax, (label, values) in zip(axes[0], panels, strict=True):
+            ax.plot(weights, np.asarray(values, dtype=float), "o-")
+            ax.axvline(chosen, color="k", ls=":", label=f"chosen: {chosen:.3g}")
+            ax.set(xscale="log", xlabel=f"{name} weight", title=label)
+            ax.legend(fontsize=8)
         paths.append(folder / "validation.png")
         fig.savefig(paths[1], dpi=90)
     return paths
