@@ -81,13 +81,14 @@ class ShardWorker:
         self.label = f"worker {shard.index}"
         check_devices(config.cluster.gpus_per_worker, self.label)
         self.config, self.shard = config, shard
-        self.observations = load_observations(open_selection(config), shard.exposures)
+        campaign = open_selection(config)
+        self.observations = load_observations(campaign, shard.exposures)
         self.model = config.instrument.build(filters)
         self.epochs = list(shard.epochs)
-        self.settings = settings_from(config, self.observations)
+        self.settings = settings_from(config, self.observations, campaign.names[0])
         batches = make_batches(self.observations, list(shard.exposures), self.epochs)
         self.batches = shard_batches(batches) if len(jax.local_devices()) > 1 else batches
-        self.initial = initial_params(config, self.model, self.observations, self.epochs)
+        self.initial = initial_params(config, self.model, self.observations, self.epochs, campaign)
         self.fisher = initial_scale(self.model, self.initial, self.batches, self.settings)
         self.fitter = None
 

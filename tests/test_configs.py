@@ -11,6 +11,7 @@ from scaling.config import (
     ConfigError,
     FitConfig,
     FlatFieldConfig,
+    StarFieldFitConfig,
     config_to_dict,
     load_config,
     parse_config,
@@ -30,7 +31,9 @@ def write(tmp_path: Path, text: str) -> Path:
 )
 def test_every_shipped_config_parses(path):
     config = load_config(path)
-    if path.stem.endswith("_fit"):
+    if path.stem.startswith("flatfield") and path.stem.endswith("_fit"):
+        expected = StarFieldFitConfig
+    elif path.stem.endswith("_fit"):
         expected = FitConfig
     elif path.name.startswith("flatfield"):
         expected = FlatFieldConfig

@@ -12,6 +12,7 @@ from scaling.config.fitting import (
     OptimiserConfig,
     QuasiNewtonConfig,
     SelectConfig,
+    StarFieldFitConfig,
     TrackingConfig,
 )
 from scaling.config.load import KINDS, Config, config_to_dict, load_config, parse_config
@@ -46,6 +47,7 @@ __all__ = [
     "QuasiNewtonConfig",
     "SelectConfig",
     "StarFieldConfig",
+    "StarFieldFitConfig",
     "TrackingConfig",
     "TruthConfig",
     "VolcanoConfig",

@@ -2,7 +2,8 @@
 
 A file names its workload with a top-level `kind`: "io" (an AMI campaign of Io and
 calibrators, `CampaignConfig`) or "flatfield" (a dithered star field for pixel
-calibration, `FlatFieldConfig`). Every key has a default, so a file holding only `kind`
+calibration, `FlatFieldConfig`), "fit" (`FitConfig`) or "flatfield_fit" (a fit of such a
+field, `StarFieldFitConfig`). Every key has a default, so a file holding only `kind`
 is valid. An unknown key, a wrong type or an invalid value is a `ConfigError` (a
 ValueError) naming the file, the dotted key and what was expected.
 """
@@ -14,11 +15,13 @@ import typing
 from typing import Any
 
 from scaling.config.checks import ConfigError, mismatch
-from scaling.config.fitting import FitConfig
+from scaling.config.fitting import FitConfig, StarFieldFitConfig
 from scaling.config.simulation import CampaignConfig, FlatFieldConfig
 
 Config = CampaignConfig | FlatFieldConfig | FitConfig
-KINDS: dict[str, type[Config]] = {c.KIND: c for c in (CampaignConfig, FlatFieldConfig, FitConfig)}
+KINDS: dict[str, type[Config]] = {
+    c.KIND: c for c in (CampaignConfig, FlatFieldConfig, FitConfig, StarFieldFitConfig)
+}
 
 # --- loading ---------------------------------------------------------------------------
 

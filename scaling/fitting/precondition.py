@@ -24,6 +24,8 @@ PRECONDITIONED = (
     "aberrations",
     "positions",
     "log_fluxes",
+    "pointing",
+    "log_scale",
     "separation",
     "position_angle",
     "contrast",

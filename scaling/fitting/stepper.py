@@ -77,8 +77,8 @@ class InProcess:
         self.model, self.epochs = model, epochs
         self.observations = load_observations(campaign, campaign.names)
         self.batches = make_batches(self.observations, list(campaign.names), epochs)
-        self.initial = initial_params(config, model, self.observations, epochs)
-        settings = settings_from(config, self.observations)
+        self.initial = initial_params(config, model, self.observations, epochs, campaign)
+        settings = settings_from(config, self.observations, campaign.names[0])
         self.fitter = make_fitter(model, self.initial, self.batches, settings)
         self.reset()
 
