@@ -8,6 +8,7 @@
     scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
     scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
+    scaling flatbench SIM.toml FIT.toml --out FILE   the star-field fit beside the seed loop
     scaling study jw01093 --data DIR --out DIR   the JWST program 1093 study (tables)
 
 A bad config or path prints one line to stderr and exits with status 2.
@@ -26,6 +27,7 @@ from scaling.data.export import add_export_parser
 from scaling.data.ingest import add_ingest_parser
 from scaling.data.inspect import add_inspect_parser
 from scaling.data.products import KINDS, SLOPES
+from scaling.flatbench import add_flatbench_parser
 from scaling.simulate import simulate
 
 EXIT_USAGE = 2
@@ -182,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     add_inspect_parser(commands)
     add_export_parser(commands)
     add_bench_parser(commands)
+    add_flatbench_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
     fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")
     fit.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

@@ -10,8 +10,14 @@ from scipy.ndimage import maximum_filter
 
 from scaling.fitting.params import Observation
 
-FWHM_RADII = 2.0
-"""Half-width of the window about a peak, in PSF FWHMs (λ/D), where a star is measured."""
+PEAK_WINDOW = 1.0
+"""Side of the window in which a star's peak is the brightest pixel, in FWHMs (λ/D)."""
+
+CENTROID_RADII = 0.5
+"""Half-width of the window about a peak where a star's position is measured, FWHMs."""
+
+FLUX_RADII = 2.0
+"""Half-width of the window about a peak where a star's count rate is summed, FWHMs."""
 
 
 def find_stars(
@@ -21,9 +27,9 @@ def find_stars(
     frame centre in detector axes with the known dither taken off; (count,) log10 count
     rates, e-/s).
 
-    Peaks of the good pixels' mean slope (local maxima over a window of one FWHM),
-    brightest first; each star's position is the centroid and its rate the sum over a
-    square of half-side `FWHM_RADII` FWHMs about its peak. `fwhm` in arcsec.
+    Peaks of the good pixels' mean slope (local maxima over `PEAK_WINDOW`), brightest
+    first; each star's position is the centroid within `CENTROID_RADII` and its rate the
+    sum within `FLUX_RADII` about its peak (a close pair shares light). `fwhm` in arcsec.
 
     Raises:
         ValueError: the exposure holds fewer than `count` peaks (naming `stars`).
@@ -31,7 +37,7 @@ def find_stars(
     rate = np.asarray(observation.slopes).mean(axis=0) / float(observation.spec.group_time)
     rate = np.where(observation.bad | ~np.isfinite(rate), 0.0, np.maximum(rate, 0.0))
     npix = rate.shape[-1]
-    size = max(3, round(fwhm / pixel_scale) | 1)
+    size = max(3, round(PEAK_WINDOW * fwhm / pixel_scale) | 1)
     peaks = (rate == maximum_filter(rate, size=size)) & (rate > 0)
     rows, cols = np.nonzero(peaks)
     order = np.argsort(rate[rows, cols])[::-1][:count]
@@ -39,15 +45,17 @@ def find_stars(
         raise ValueError(
             f"stars: {observation.name} shows {len(order)} peaks, fewer than the {count} asked"
         )
-    half = max(1, round(FWHM_RADII * fwhm / pixel_scale))
     yy, xx = np.mgrid[:npix, :npix].astype(np.float64)
     positions, rates = [], []
     for r, c in zip(rows[order], cols[order], strict=True):
-        near = (np.abs(yy - r) <= half) & (np.abs(xx - c) <= half)
-        light = np.where(near, rate, 0.0)
-        total = light.sum()
-        positions.append([(light * xx).sum() / total, (light * yy).sum() / total])
-        rates.append(total)
+
+        def within(radii, r=r, c=c):
+            half = max(1, round(radii * fwhm / pixel_scale))
+            return np.where((np.abs(yy - r) <= half) & (np.abs(xx - c) <= half), rate, 0.0)
+
+        core = within(CENTROID_RADII)
+        positions.append([(core * xx).sum() / core.sum(), (core * yy).sum() / core.sum()])
+        rates.append(within(FLUX_RADII).sum())
     centre = (npix - 1) / 2
     offsets = (np.asarray(positions) - centre) * pixel_scale - np.asarray(observation.spec.dither)
     return offsets, np.log10(np.asarray(rates))
