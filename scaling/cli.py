@@ -9,6 +9,7 @@
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
     scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
     scaling flatbench SIM.toml FIT.toml --out FILE   the star-field fit beside the seed loop
+    scaling dithers SIM.toml FIT.toml --out DIR      flat error against the number of dithers
     scaling study jw01093 --data DIR --out DIR   the JWST program 1093 study (tables)
 
 A bad config or path prints one line to stderr and exits with status 2.
@@ -27,6 +28,7 @@ from scaling.data.export import add_export_parser
 from scaling.data.ingest import add_ingest_parser
 from scaling.data.inspect import add_inspect_parser
 from scaling.data.products import KINDS, SLOPES
+from scaling.dithers import add_dithers_parser
 from scaling.flatbench import add_flatbench_parser
 from scaling.simulate import simulate
 
@@ -185,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     add_export_parser(commands)
     add_bench_parser(commands)
     add_flatbench_parser(commands)
+    add_dithers_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
     fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")
     fit.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

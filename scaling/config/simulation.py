@@ -289,8 +289,9 @@ class FlatFieldConfig:
     """A star field observed at several known dithers, to calibrate the pixel response.
 
     dithers: (x, y) pointing offsets, arcsec, one exposure each; dither_count: when > 0,
-    that many dithers drawn uniformly in a centred square of side `dither_size` arcsec
-    instead (seeded); pointing_scatter: rms error of each exposure's pointing about its
+    that many dithers instead, the first at (0, 0) and the others drawn uniformly in a
+    centred square of side `dither_size` arcsec (seeded; a smaller count gives the first
+    dithers of a larger one); pointing_scatter: rms error of each exposure's pointing about its
     known dither, arcsec; flux_scale_scatter: rms of each exposure's flux scale, dex;
     aberration_rms: nm; pixel_response_scatter: rms of the true flat field; read_noise:
     e- per read; bad_pixel_fraction: random bad pixels (the outermost ring is always bad).
@@ -343,4 +344,5 @@ class FlatFieldConfig:
             return np.asarray(self.dithers, dtype=np.float64)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 15]))
         half = self.dither_size / 2
-        return rng.uniform(-half, half, (self.dither_count, 2))
+        drawn = rng.uniform(-half, half, (self.dither_count, 2))
+        return np.concatenate([np.zeros((1, 2)), drawn[:-1]])

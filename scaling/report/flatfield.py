@@ -4,8 +4,11 @@ Metrics (F a filter), as the seed notebook reports them:
 
 * `flat_mae_bright`: mean |fitted − true| pixel response over the pixels whose mean
   signal per exposure (electrons in the fitted slopes, from the true scene) is at least
-  `SIGNAL_THRESHOLD` (the notebook's threshold), bad pixels left out;
-  `flat_bright_pixels` counts them.
+  `SIGNAL_THRESHOLD` (the notebook's threshold), bad pixels left out, after scaling the
+  fitted response to the true one's mean over those pixels: a pixel response times c
+  and every star's flux over c give the same data, so only the response relative to its
+  mean is measured (`flat_mae_bright_raw`: without that scaling, as the seed reports
+  it; `flat_scale`: the factor); `flat_bright_pixels` counts them.
 * `zernike_rel_error.F`: |fitted − true| / |true| of the canonical aberration vectors.
 * `star_position_rms_mas`, `star_log_flux_rms`: each true star against the nearest
   fitted one. The fit holds the first exposure's pointing and flux scale at 0 (the
@@ -68,9 +71,12 @@ def flatfield_comparison(truth_folder: str, model: ExposureModel, params: dict) 
     meta, arrays = load_truth(truth_folder)
     shared = params["shared"]
     bright = (mean_signal(model, truth_folder) >= SIGNAL_THRESHOLD) & ~arrays["bad_pixels"]
-    error = np.abs(np.asarray(shared["flat"]) - arrays["flat"])
+    fitted, true = np.asarray(shared["flat"]), arrays["flat"]
+    scale = true[bright].mean() / fitted[bright].mean() if bright.any() else 1.0
     metrics = {
-        "flat_mae_bright": float(error[bright].mean()) if bright.any() else float("nan"),
+        "flat_mae_bright": float(np.abs(scale * fitted - true)[bright].mean()),
+        "flat_mae_bright_raw": float(np.abs(fitted - true)[bright].mean()),
+        "flat_scale": float(scale),
         "flat_bright_pixels": float(bright.sum()),
     }
     pupil = model.optics.pupil
