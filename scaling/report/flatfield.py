@@ -13,7 +13,7 @@ Metrics (F a filter), as the seed notebook reports them:
 * `star_position_rms_mas`, `star_log_flux_rms`: each true star against the nearest
   fitted one. The fit holds the first exposure's pointing and flux scale at 0 (the
   stars carry them), so the true stars are first moved by that exposure's true pointing
-  and scaled by its true flux scale.
+  and scaled by its true flux scale; the fitted fluxes are divided by `flat_scale`.
 """
 
 import os
@@ -92,7 +92,8 @@ def flatfield_comparison(truth_folder: str, model: ExposureModel, params: dict) 
     nearest = d.argmin(axis=1)
     metrics["star_position_rms_mas"] = float(1e3 * np.sqrt(np.mean(d.min(axis=1) ** 2)))
     true_log_fluxes = arrays["log_fluxes"] + arrays["log_scales"][0]
-    flux_error = np.asarray(shared["log_fluxes"])[nearest] - true_log_fluxes
+    fitted_log_fluxes = np.asarray(shared["log_fluxes"])[nearest] - np.log10(scale)
+    flux_error = fitted_log_fluxes - true_log_fluxes
     metrics["star_log_flux_rms"] = float(np.sqrt(np.mean(flux_error**2)))
     return metrics
 
