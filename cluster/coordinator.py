@@ -47,8 +47,10 @@ def worker_env(cluster: ClusterConfig) -> dict[str, str]:
 
 
 def compile_cache(cluster: ClusterConfig) -> str:
-    """The compilation cache folder: the config's, or one per user on each node."""
-    return cluster.compile_cache or str(Path.home() / ".cache" / "ami-scaling" / "jax")
+    """The compilation cache folder: the config's, else JAX's own $JAX_COMPILATION_CACHE_DIR,
+    else one per user on each node."""
+    default = str(Path.home() / ".cache" / "ami-scaling" / "jax")
+    return cluster.compile_cache or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default
 
 
 def connect(cluster: ClusterConfig) -> bool:
@@ -119,7 +121,7 @@ class RayStepper:
         self.shards = [s for s in campaign.partition(cluster.workers) if s.exposures]
         self.filters = sorted(model.bandpasses)
         self.owns_ray = connect(cluster)
-        self.group = None
+        self.group, self.owns_group, self.first_bundle = None, False, 0
         self.workers: list = []
         try:
             self._place()
@@ -154,6 +156,19 @@ class RayStepper:
         }
 
     def _place(self) -> None:
+        """Reserve a bundle per worker: in the placement group this process runs in (a
+        sweep's trial: bundle 0 is its driver, 1… its workers), else in a new one."""
+        trial_group = ray.util.get_current_placement_group()
+        if trial_group is not None:
+            if len(trial_group.bundle_specs) < len(self.shards) + 1:
+                raise ValueError(
+                    f"cluster.workers: {len(self.shards)} workers need {len(self.shards)} "
+                    f"bundles besides the driver's; its placement group has "
+                    f"{len(trial_group.bundle_specs)}"
+                )
+            self.group, self.first_bundle, self.owns_group = trial_group, 1, False
+            return
+        self.first_bundle, self.owns_group = 0, True
         bundles = [self._bundle() for _ in self.shards]
         gpus, seen = sum(b.get("GPU", 0) for b in bundles), ray.cluster_resources().get("GPU", 0)
         if gpus > seen and not self.config.cluster.address:  # a joined cluster may autoscale
@@ -178,7 +193,7 @@ class RayStepper:
             num_gpus=c.gpus_per_worker,
             runtime_env={"env_vars": worker_env(c)},
             scheduling_strategy=PlacementGroupSchedulingStrategy(
-                placement_group=self.group, placement_group_bundle_index=i
+                placement_group=self.group, placement_group_bundle_index=self.first_bundle + i
             ),
             name=None,
         )
@@ -242,6 +257,21 @@ class RayStepper:
         sums = self._gather([w.chi_squared.remote(shared) for w in self.workers], "chi2")
         return sum(c for c, _ in sums), sum(n for _, n in sums)
 
+    def placement_tags(self) -> dict[str, str]:
+        driver = ray.get_runtime_context().get_placement_group_id() or ""
+        tags = {"placement.driver_group": driver}
+        for w in self.where:
+            i = w["index"]
+            tags |= {f"placement.worker{i}.{k}": str(w[k]) for k in ("node_id", "pid")}
+            tags[f"placement.worker{i}.group"] = w["placement_group"]
+        return tags
+
+    def validation_nll(self) -> float:
+        if not self.config.validation_fraction:
+            return float("nan")
+        shared = ray.put(self.shared)
+        return sum(self._gather([w.validation_nll.remote(shared) for w in self.workers], "nll"))
+
     def residual_maps(self) -> dict[str, np.ndarray]:
         shared = ray.put(self.shared)
         maps = self._gather([w.residual_maps.remote(shared) for w in self.workers], "residuals")
@@ -254,7 +284,7 @@ class RayStepper:
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.workers = []
-        if self.group is not None:
+        if self.group is not None and self.owns_group:
             remove_placement_group(self.group)
             self.group = None
         if self.owns_ray:

@@ -27,14 +27,8 @@ from scaling.fitting.engine import (
     shard_batches,
     split,
 )
-from scaling.fitting.objective import chi_squared_sums, residual_maps
-from scaling.fitting.params import make_batches
-from scaling.fitting.start import (
-    initial_params,
-    load_observations,
-    open_selection,
-    settings_from,
-)
+from scaling.fitting.objective import chi_squared_sums, nll_sum, residual_maps
+from scaling.fitting.start import fit_data, initial_params, open_selection, settings_from
 
 
 class WorkerError(RuntimeError):
@@ -81,13 +75,14 @@ class ShardWorker:
         self.label = f"worker {shard.index}"
         check_devices(config.cluster.gpus_per_worker, self.label)
         self.config, self.shard = config, shard
-        campaign = open_selection(config)
-        self.observations = load_observations(campaign, shard.exposures)
         self.model = config.instrument.build(filters)
         self.epochs = list(shard.epochs)
+        campaign = open_selection(config)
+        data = fit_data(config, campaign, shard.exposures, self.epochs)
+        self.observations = data.observations
         self.settings = settings_from(config, self.observations, campaign.names[0])
-        batches = make_batches(self.observations, list(shard.exposures), self.epochs)
-        self.batches = shard_batches(batches) if len(jax.local_devices()) > 1 else batches
+        spread = shard_batches if len(jax.local_devices()) > 1 else list
+        self.batches, self.validation = spread(data.batches), spread(data.validation)
         self.initial = initial_params(config, self.model, self.observations, self.epochs, campaign)
         self.fisher = initial_scale(self.model, self.initial, self.batches, self.settings)
         self.fitter = None
@@ -98,6 +93,7 @@ class ShardWorker:
         return {
             "index": self.shard.index,
             "node_id": context.get_node_id() if context else "",
+            "placement_group": (context.get_placement_group_id() or "") if context else "",
             "pid": os.getpid(),
             "devices": [str(d) for d in jax.local_devices()],
             "exposures": list(self.shard.exposures),
@@ -165,6 +161,10 @@ class ShardWorker:
         """(Σ χ², Σ measurements) of this shard at the `shared` parameters."""
         chi2, count = chi_squared_sums(self.model, self._with(shared), self.batches)
         return float(chi2), float(count)
+
+    def validation_nll(self, shared: dict) -> float:
+        """NLL of this shard's held-out validation pixels at the `shared` parameters."""
+        return float(nll_sum(self.model, self._with(shared), self.validation))
 
     def residual_maps(self, shared: dict) -> dict[str, np.ndarray]:
         """Exposure name → (p, p) mean whitened residual of this shard."""

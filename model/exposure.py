@@ -12,9 +12,15 @@ from jaxtyping import Array, Bool, Float
 
 from model.constants import FRAME_TIME
 from model.detector import apply_ipc, apply_jitter, downsample
-from model.likelihood import chi_squared, gaussian_nll, rate_chi_squared, rate_nll
+from model.likelihood import (
+    SlopeCounts,
+    chi_squared,
+    gaussian_nll,
+    rate_chi_squared,
+    rate_nll,
+)
 from model.optics import Optics
-from model.ramp import ramp_slopes
+from model.ramp import ramp_signal, ramp_slopes
 from model.shared_psf import shared_psf
 from model.source import binary_components, convolve_same, normalise_log_image, rotate_image
 from model.spectrum import Bandpass
@@ -173,6 +179,18 @@ class ExposureModel(eqx.Module):
         """
         return apply_ipc(self.rate(params, spec), params["ipc"])
 
+    def ramp(self, params: Params, spec: ExposureSpec) -> Float[Array, "g p p"]:
+        """Model signal at each group read (ngroups, p, p), electrons (`slopes` are its
+        differences)."""
+        return ramp_signal(
+            self.rate(params, spec),
+            spec.ngroups,
+            spec.group_time,
+            params["bfe"],
+            params["ipc"],
+            params["nonlinearity"],
+        )
+
     def slopes(self, params: Params, spec: ExposureSpec) -> Float[Array, "s p p"]:
         """Model group-difference slopes (ngroups-1, p, p), electrons per group."""
         return ramp_slopes(
@@ -191,16 +209,19 @@ class ExposureModel(eqx.Module):
         data: Float[Array, "s p p"],
         bad: Bool[Array, "p p"],
         diagonal: bool = False,
+        counts: SlopeCounts | None = None,
     ) -> Float[Array, ""]:
-        """Gaussian negative log-likelihood of measured slopes (see `model.likelihood`)."""
+        """Gaussian negative log-likelihood of measured slopes (see `model.likelihood`);
+        `counts` masks slopes and counts their integrations (default: none masked, all
+        from `spec.nints`)."""
         return gaussian_nll(
-            data, self.slopes(params, spec), params["read_noise"], spec.nints, bad, diagonal
+            data, self.slopes(params, spec), params["read_noise"], spec.nints, bad, diagonal, counts
         )
 
-    def chi_squared(self, params, spec, data, bad, diagonal: bool = False):
-        """(χ², number of measurements) of measured slopes under the model."""
+    def chi_squared(self, params, spec, data, bad, diagonal: bool = False, counts=None):
+        """(χ², number of kept slopes) of measured slopes under the model."""
         return chi_squared(
-            data, self.slopes(params, spec), params["read_noise"], spec.nints, bad, diagonal
+            data, self.slopes(params, spec), params["read_noise"], spec.nints, bad, diagonal, counts
         )
 
     def rate_nll(

@@ -62,6 +62,19 @@ def nonlinearity(charge: Float[Array, "..."], coeffs: Float[Array, " k"]) -> Flo
     return charge * (1 + powers @ coeffs)
 
 
+def ramp_signal(
+    rate: Float[Array, "p p"],
+    ngroups: int,
+    group_time: Float[Array, ""],
+    bfe: Float[Array, "2"],
+    ipc: Float[Array, "3 3"],
+    nonlin: Float[Array, " k"],
+) -> Float[Array, "ngroups p p"]:
+    """Measured signal at each group read (electrons) of a ramp: BFE → IPC → non-linearity."""
+    charge = accumulate(rate, ngroups, group_time, bfe)
+    return nonlinearity(apply_ipc(charge, ipc), nonlin)
+
+
 def ramp_slopes(
     rate: Float[Array, "p p"],
     ngroups: int,
@@ -70,7 +83,5 @@ def ramp_slopes(
     ipc: Float[Array, "3 3"],
     nonlin: Float[Array, " k"],
 ) -> Float[Array, "ngroups-1 p p"]:
-    """Group-difference slopes (electrons per group) of a ramp: BFE → IPC → non-linearity."""
-    charge = accumulate(rate, ngroups, group_time, bfe)
-    signal = nonlinearity(apply_ipc(charge, ipc), nonlin)
-    return jnp.diff(signal, axis=0)
+    """Group-difference slopes (electrons per group) of a ramp (`ramp_signal`)."""
+    return jnp.diff(ramp_signal(rate, ngroups, group_time, bfe, ipc, nonlin), axis=0)

@@ -1,7 +1,8 @@
 """The `scaling` command line.
 
     scaling simulate CONFIG.toml --out DIR   simulate a campaign (FITS files + truth;
-                                             --products rate: JWST-like _cal files)
+                                             --products rate: JWST-like _cal files,
+                                             uncal/ramp: JWST ramps)
     scaling demo CONFIG.toml --out DIR       simulate, then draw PNGs of it into DIR
     scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr   FITS exposures → Zarr campaign store
     scaling inspect FILE_OR_STORE...         one line per exposure of files or stores
@@ -11,6 +12,8 @@
     scaling flatbench SIM.toml FIT.toml --out FILE   the star-field fit beside the seed loop
     scaling dithers SIM.toml FIT.toml --out DIR      flat error against the number of dithers
     scaling study jw01093 --data DIR --out DIR   the JWST program 1093 study (tables)
+    scaling compare RUN_ID... --out DIR      fits side by side: images, differences,
+                                             metrics table, L-curve (also --sweep ID)
 
 A bad config or path prints one line to stderr and exits with status 2.
 """
@@ -27,7 +30,7 @@ from scaling.config import CampaignConfig, Config, load_config
 from scaling.data.export import add_export_parser
 from scaling.data.ingest import add_ingest_parser
 from scaling.data.inspect import add_inspect_parser
-from scaling.data.products import KINDS, SLOPES
+from scaling.data.products import PRODUCTS, SLOPES
 from scaling.dithers import add_dithers_parser
 from scaling.flatbench import add_flatbench_parser
 from scaling.simulate import simulate
@@ -161,7 +164,27 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], object]]] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _compare(args: argparse.Namespace) -> int:
+    from scaling.report.compare import compare_command
+
+    return compare_command(args)
+
+
+def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scaling compare` (its module, with MLflow and matplotlib, loads on use)."""
+    summary = "compare fit runs: image grid, differences, metrics table, L-curve"
+    p = subparsers.add_parser("compare", help=summary, description=summary)
+    p.add_argument("runs", nargs="*", metavar="RUN_ID", help="MLflow run ids")
+    p.add_argument("--sweep", metavar="PARENT_ID", help="the nested runs of a sweep")
+    p.add_argument("--experiment", help="runs of this MLflow experiment (e.g. ami-scaling)")
+    p.add_argument("--filter", default="", help="MLflow search filter for --experiment")
+    p.add_argument("--reference", metavar="RUN_ID", help="run the differences are taken to")
+    p.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
+    p.add_argument("--tracking-uri", help="MLflow store (default ./mlflow.db)")
+    p.set_defaults(handler=_compare)
+
+
+def _parser(more_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaling", description="Simulate and fit JWST NIRISS AMI campaigns."
     )
@@ -174,9 +197,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "simulate":
             sub.add_argument(
                 "--products",
-                choices=KINDS,
+                choices=PRODUCTS,
                 default=SLOPES,
-                help="exposure files: our slope files (default) or JWST-like rate products",
+                help="exposure files: our slope files (default), JWST-like rate products "
+                "(_cal), raw ramps (_uncal) or stage-1 ramps (_ramp)",
             )
         if name == "demo":
             sub.set_defaults(products=SLOPES)
@@ -188,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_flatbench_parser(commands)
     add_dithers_parser(commands)
+    _add_compare_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
     fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")
     fit.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -204,16 +229,23 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--configs", type=Path, help="its fit configs (default configs/NAME)")
     study.add_argument("--quiet", action="store_true", help="print the tables only")
     study.set_defaults(handler=_study)
+    for register in more_commands:
+        register(commands)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, stepper_for: Callable = in_process_only) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    stepper_for: Callable = in_process_only,
+    more_commands: Sequence[Callable] = (),
+) -> int:
     """Run the command line; returns the exit status.
 
     `stepper_for(fit_config)` picks what runs a fit's steps (None: in this process);
-    `cluster.cli` passes one that starts Ray workers when the config asks for them.
+    `cluster.cli` passes one that starts Ray workers when the config asks for them, and
+    in `more_commands` the functions that register its own commands (`scaling sweep`).
     """
-    args = _parser().parse_args(argv)
+    args = _parser(more_commands).parse_args(argv)
     args.stepper = stepper_for
     start = time.perf_counter()
     try:

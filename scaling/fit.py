@@ -10,6 +10,7 @@ ends with the same MLflow metric history (every step once) and the same results-
 loss history as an uninterrupted one.
 """
 
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from scaling.data.store import Campaign
 from scaling.fitting.engine import FitResult
 from scaling.fitting.start import open_selection
 from scaling.fitting.stepper import InProcess, Stepper, StepperFactory, WorkerLost
+from scaling.fitting.validation import METRIC as VALIDATION
 from scaling.report.fit_plots import write_fit_pictures
 from scaling.report.flatfield import flatfield_comparison, is_star_field, write_flatfield_pictures
 from scaling.report.tracking import fit_run, tracking_uri
@@ -36,7 +38,7 @@ from scaling.report.truth import truth_comparison
 
 @dataclass
 class FitOutcome:
-    """What a fit produced."""
+    """What a fit produced (`validation_nll`: NaN when no pixels were held out)."""
 
     run_id: str
     params: dict
@@ -44,6 +46,7 @@ class FitOutcome:
     reduced_chi2: float
     step: int
     truth_metrics: dict[str, float]
+    validation_nll: float
 
 
 def _previous_run(results: str, uri: str) -> str | None:
@@ -65,25 +68,32 @@ def fit_campaign(
     pictures: Path | None = None,
     stepper: StepperFactory | None = None,
     callback: Callable[[int, Stepper], None] | None = None,
+    parent_run_id: str | None = None,
 ) -> FitOutcome:
     """Fit the exposures of the campaign store that `config` selects (see the module
     docstring and `scaling.fitting.start.open_selection`).
 
     `stepper` builds what runs the steps (default `InProcess`; `cluster` passes a Ray
     one); `callback(step, stepper)` runs after every step. The fit's pictures are logged
-    to MLflow and, with `pictures`, also kept in that folder.
+    to MLflow and, with `pictures`, also kept in that folder. With `parent_run_id` the
+    run is nested under that one (a sweep's trial).
     """
     campaign = open_selection(config)
     epochs = sorted(campaign.epochs)
     model = config.instrument.build(sorted({campaign.info(n).filter for n in campaign.names}))
     runner = (stepper or InProcess)(config, campaign, model, epochs)
     try:
-        return _fit(config, runner, campaign, model, epochs, resume, progress, pictures, callback)
+        return _fit(
+            config, runner, campaign, model, epochs, resume, progress, pictures, callback,
+            parent_run_id,
+        )  # fmt: skip
     finally:
         runner.close()
 
 
-def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, callback):
+def _fit(
+    config, stepper, campaign, model, epochs, resume, progress, pictures, callback, parent_run_id
+):
     if resume:
         results = Results.open(config.results, writable=True)
         start = stepper.restore(results)
@@ -103,10 +113,12 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
         config.tracking.run_name or None,
         config.tracking.uri,
         run_id,
+        parent_run_id,
         tags=tags,
     ) as (active, metrics):
+        mlflow.set_tags(stepper.placement_tags())
         if run_id:
-            metrics.catch_up(history)
+            metrics.catch_up(history, others=[VALIDATION])
         history = _steps(config, stepper, results, metrics, start, history, progress, callback)
         qn = config.quasi_newton
         if qn.steps:
@@ -123,7 +135,13 @@ def _fit(config, stepper, campaign, model, epochs, resume, progress, pictures, c
         _save(results, model, result, campaign, epochs, list(campaign.names))
         _log_artifacts(config, model, result, stepper.residual_maps(), epochs, pictures)
         return FitOutcome(
-            active.info.run_id, result.params, result.history, chi2, result.step, truth_metrics
+            active.info.run_id,
+            result.params,
+            result.history,
+            chi2,
+            result.step,
+            truth_metrics,
+            stepper.validation_nll(),
         )
 
 
@@ -169,12 +187,18 @@ def _steps(
             clock = time.perf_counter()
             continue
         step += 1
+        if not math.isfinite(terms["total"]):
+            raise FloatingPointError(
+                f"step {step}: the loss is {terms['total']} (diverged: lower a learning rate)"
+            )
         now = time.perf_counter()
         terms["step_time"], clock = now - clock, now
         for k, v in terms.items():
             history.setdefault(k, []).append(v)
         metrics.add(step, terms)
         if due:
+            if config.validation_fraction:
+                metrics.add(step, {VALIDATION: stepper.validation_nll()})
             results.write_checkpoint(step, {**trees, "history": _arrays(history)}, keep=2)
             metrics.flush()
         bar.update(1)

@@ -12,16 +12,21 @@ Products: "slopes" (default) writes our slope files, NAME_calslope.fits
 pipeline measures, kept simple (`noisy_rate`): the noiseless rate of the linear,
 IPC-convolved ramp (`ExposureModel.mean_rate`: the pipeline corrects the non-linearity, and
 the brighter-fatter effect is left out) plus Gaussian noise with the variance of the
-first-to-last-read slope averaged over NINTS integrations.
+first-to-last-read slope averaged over NINTS integrations. "uncal" and "ramp" write JWST
+ramps, NAME_uncal.fits (raw uint16 DN, bias included, no DQ) or NAME_ramp.fits (stage-1
+float32 DN, GROUPDQ SATURATED and JUMP_DET, PIXELDQ DO_NOT_USE on the bad pixels)
+(`scaling.data.products.write_ramp_product`): every group read of every integration
+(`model.noise.noisy_ramps`: Poisson increments, cosmic-ray jumps at `truth.cosmic_ray_rate`,
+charge clipped at `truth.well_depth`, read noise), none truncated; the truth adds each
+exposure's noiseless slopes (`slopes_NAME`, (ngroups-1, p, p) e-/group) and its cosmic rays
+(`cosmic_rays_NAME`, rows of integration, group, y, x, electrons). An `_uncal` file carries
+no pixel flags, so its bad pixels read like the others.
 """
 
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +39,22 @@ from tqdm.auto import tqdm
 
 from model import ExposureModel, ExposureSpec, make_spec, nominal_detector
 from model.constants import FRAME_TIME
-from model.noise import noisy_slopes
+from model.noise import noisy_ramps, noisy_slopes
 from model.scenes import IoScene
 from scaling.config import CampaignConfig, Config, FlatFieldConfig, config_to_dict
 from scaling.data.fitsio import ExposureMeta, ExposureRecord, exposure_name, write_exposure
 from scaling.data.jwst import NIRISS_SUBARRAYS
-from scaling.data.products import KINDS, RATE, SLOPES, write_rate_product
+from scaling.data.products import (
+    PRODUCTS,
+    RAMP,
+    RATE,
+    SLOPES,
+    UNCAL,
+    write_ramp_product,
+    write_rate_product,
+)
+from scaling.data.ramps import DEFAULT_SATURATION_DN
+from scaling.data.staging import staged_folder
 from scaling.data.truthfiles import write_truth
 
 LOG_FLOOR = 1e-12
@@ -48,7 +63,9 @@ LOG_FLOOR = 1e-12
 HOT_RANGE = (1e3, 3e4)
 """Range of the (log-uniform) values written into bad pixels, electrons per group."""
 
-SUFFIXES = {SLOPES: "_calslope.fits", RATE: "_cal.fits"}
+SUFFIXES = {SLOPES: "_calslope.fits", RATE: "_cal.fits", UNCAL: "_uncal.fits", RAMP: "_ramp.fits"}
+RAMPS = (UNCAL, RAMP)
+"""Products holding every group read (not truncated below the well)."""
 """File name ending of each kind of product."""
 
 
@@ -56,6 +73,12 @@ SUFFIXES = {SLOPES: "_calslope.fits", RATE: "_cal.fits"}
 def _forward(model: ExposureModel, params: dict, spec: ExposureSpec):
     """(mean slopes (ngroups-1, p, p) e-/group, peak count rate e-/s) of one exposure."""
     return model.slopes(params, spec), jnp.max(model.rate(params, spec))
+
+
+@eqx.filter_jit
+def _ramp(model: ExposureModel, params: dict, spec: ExposureSpec):
+    """(mean signal at each read (ngroups, p, p) e-, mean slopes (ngroups-1, p, p) e-/group)."""
+    return model.ramp(params, spec), model.slopes(params, spec)
 
 
 @eqx.filter_jit
@@ -70,7 +93,8 @@ class _Readout:
 
     read_noise: e- per read; group_time: s; well_depth: e- (inf: no ramp truncation);
     pupil: 'NRM' or 'CLEAR'; program: programme id; pixel_scale: arcsec per detector
-    pixel; products: 'slopes' or 'rate' (see the module docstring).
+    pixel; products: one of `PRODUCTS` (see the module docstring); cosmic_ray_rate: hits
+    per pixel per second in ramps.
     """
 
     read_noise: float
@@ -80,6 +104,7 @@ class _Readout:
     program: int
     pixel_scale: float
     products: str
+    cosmic_ray_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -169,13 +194,15 @@ def _observe(
     seeds: np.random.SeedSequence,
     folder: Path,
     progress: bool,
-) -> dict[str, dict[str, Any]]:
-    """Simulate every planned exposure into `folder`; returns each one's ramp facts.
+) -> tuple[dict[str, dict[str, Any]], dict[str, NDArray[np.float64]]]:
+    """Simulate every planned exposure into `folder`; returns each one's ramp facts and
+    the truth arrays of ramp products (see the module docstring; none for the others).
 
     Each role's ramp is truncated to the same number of groups, chosen so that the
     brightest pixel of its brightest exposure stays below the well depth (collected e-):
     the ramp is computed as read (`ngroups` groups) and its later groups are dropped, as
-    a pipeline would. Bad pixels get hot values (log-uniform in `HOT_RANGE`), flagged.
+    a pipeline would; ramp products keep every group. Bad pixels get hot values
+    (log-uniform in `HOT_RANGE`), flagged; in ramp products they are only flagged.
     """
     group_time = readout.group_time
 
@@ -192,10 +219,13 @@ def _observe(
     peaks = [forward(e)[1] for e in limits]
     ngroups = {}
     for e, peak in zip(plan, peaks, strict=True):
-        limit = truncated_ngroups(peak, group_time, readout.well_depth, e.ngroups)
+        if readout.products in RAMPS:
+            limit = e.ngroups
+        else:
+            limit = truncated_ngroups(peak, group_time, readout.well_depth, e.ngroups)
         ngroups[e.role] = min(ngroups.get(e.role, limit), limit)
     noise_seeds = seeds.spawn(len(plan))
-    facts = {}
+    facts, arrays = {}, {}
     bar = tqdm(plan, desc="exposures", unit="exp", disable=not progress)
     for e, name, seed, peak in zip(bar, names, noise_seeds, peaks, strict=True):
         n = ngroups[e.role]
@@ -222,10 +252,14 @@ def _observe(
         if readout.products == RATE:
             mean_rate = np.asarray(_mean_rate(model, params_of(e), spec_of(e)))
             _write_rate(path, meta, mean_rate, rng, bad, readout)
+        elif readout.products in RAMPS:
+            reads, slopes = (np.asarray(a) for a in _ramp(model, params_of(e), spec_of(e)))
+            arrays[f"slopes_{name}"] = slopes
+            arrays[f"cosmic_rays_{name}"] = _write_ramps(path, meta, reads, rng, bad, readout)
         else:
             _write_slopes(path, meta, forward(e)[0][: n - 1], rng, bad, readout)
         facts[name] = {"ngroups": n, "peak_charge": peak * group_time * n}
-    return facts
+    return facts, arrays
 
 
 def _hot_values(rng: np.random.Generator, bad: NDArray[np.bool_]) -> NDArray[np.float64]:
@@ -264,32 +298,38 @@ def _write_rate(
     write_rate_product(path, meta, rate, poisson, read, bad, readout.pixel_scale)
 
 
-@contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A fresh folder beside `out` that replaces `out` if the block succeeds.
-
-    An existing `out` is replaced only if it is empty or a previous simulation (it holds
-    truth.json); anything else raises FileExistsError.
-    """
-    if out.exists():
-        previous = out.is_dir() and (not any(out.iterdir()) or (out / "truth.json").exists())
-        if not previous:
-            raise FileExistsError(f"{out} exists and is not a simulation output; not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write_ramps(
+    path: Path,
+    meta: ExposureMeta,
+    mean_reads: NDArray[np.float64],
+    rng: np.random.Generator,
+    bad: NDArray[np.bool_],
+    readout: _Readout,
+) -> NDArray[np.float64]:
+    """A JWST `_uncal` or `_ramp` file of the noiseless reads `mean_reads` (ngroups, p, p)
+    e-, with noise, cosmic rays and saturation; returns the cosmic rays (k, 5)."""
+    reads, hits = noisy_ramps(
+        rng,
+        mean_reads,
+        readout.read_noise,
+        meta.nints,
+        readout.well_depth,
+        readout.cosmic_ray_rate,
+        meta.group_time,
+    )
+    jumps = np.zeros(reads.shape, bool)
+    jumps[tuple(hits[:, :4].astype(int).T)] = True
+    write_ramp_product(
+        path,
+        meta,
+        reads,
+        readout.pixel_scale,
+        readout.products,
+        DEFAULT_SATURATION_DN,
+        jumps=jumps,
+        bad=bad,
+    )
+    return hits
 
 
 def _truth_detector(cfg: CampaignConfig, rng: np.random.Generator, npix: int) -> dict:
@@ -422,9 +462,18 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool, products: st
         return params
 
     readout = _Readout(
-        t.read_noise, FRAME_TIME, t.well_depth, "NRM", cfg.program, scale * ins.oversample, products
+        t.read_noise,
+        FRAME_TIME,
+        t.well_depth,
+        "NRM",
+        cfg.program,
+        scale * ins.oversample,
+        products,
+        t.cosmic_ray_rate,
     )
-    facts = _observe(model, plan, names, params_of, bad, readout, noise_seed, folder, progress)
+    facts, ramps = _observe(
+        model, plan, names, params_of, bad, readout, noise_seed, folder, progress
+    )
     epoch_names = [f"epoch{i + 1:03d}" for i in range(len(mids))]
     truth = {
         "kind": cfg.KIND,
@@ -458,6 +507,7 @@ def _simulate_io(cfg: CampaignConfig, folder: Path, progress: bool, products: st
         "positions": np.stack([e.local["position"] for e in plan]),
         "log_fluxes": np.stack([e.local["log_flux"] for e in plan]),
         "spectral_slopes": np.stack([e.local["spectral_slope"] for e in plan]),
+        **ramps,
     }
     write_truth(folder, truth, arrays)
     return names
@@ -542,7 +592,7 @@ def _simulate_flatfield(
     readout = _Readout(
         cfg.read_noise, ins.group_time, math.inf, "CLEAR", cfg.program, ins.pixel_scale, products
     )
-    facts = _observe(
+    facts, ramps = _observe(
         model, plan, names, lambda e: {**params, **e.local}, bad, readout, noise_seed, folder,
         progress,
     )  # fmt: skip
@@ -565,6 +615,7 @@ def _simulate_flatfield(
         "pointings": pointings,
         "log_scales": log_scales,
         "bad_pixels": bad,
+        **ramps,
     }
     write_truth(folder, truth, arrays)
     return names
@@ -573,29 +624,29 @@ def _simulate_flatfield(
 def simulate(
     config: Config, out: str | os.PathLike, progress: bool = True, products: str = SLOPES
 ) -> list[Path]:
-    """Simulate the workload a config describes into folder `out` as `products` ('slopes'
-    or 'rate', see the module docstring).
+    """Simulate the workload a config describes into folder `out` as `products` (one of
+    `PRODUCTS`: 'slopes', 'rate', 'uncal', 'ramp'; see the module docstring).
 
     Returns the exposure files written. Raises, before any work, FileExistsError if `out`
     exists and is neither empty nor a previous simulation, ValueError for unknown
-    `products` or rate products of a detector that is no NIRISS subarray.
+    `products` or JWST products of a detector that is no NIRISS subarray.
     """
     _check_products(config, products)
     out = Path(out)
     run = _simulate_flatfield if isinstance(config, FlatFieldConfig) else _simulate_io
-    with _staging(out) as folder:
+    with staged_folder(out, "truth.json") as folder:
         names = run(config, folder, progress, products)
     return [out / f"{n}{SUFFIXES[products]}" for n in names]
 
 
 def _check_products(config: Config, products: str) -> None:
-    """`products` is a kind, and rate products have a NIRISS subarray's size."""
-    if products not in KINDS:
-        raise ValueError(f"products: expected one of {', '.join(KINDS)}, got {products!r}")
+    """`products` is known, and JWST products have a NIRISS subarray's size."""
+    if products not in PRODUCTS:
+        raise ValueError(f"products: expected one of {', '.join(PRODUCTS)}, got {products!r}")
     npix = config.instrument.npix
-    if products == RATE and f"SUB{npix}" not in NIRISS_SUBARRAYS:
+    if products != SLOPES and f"SUB{npix}" not in NIRISS_SUBARRAYS:
         sides = [k[3:] for k in NIRISS_SUBARRAYS if k[3:].isdigit()]
         raise ValueError(
-            f"instrument.npix: rate products need a NIRISS subarray side "
+            f"instrument.npix: {products} products need a NIRISS subarray side "
             f"({', '.join(sides)}), got {npix}"
         )

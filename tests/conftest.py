@@ -7,16 +7,31 @@ because every tolerance in the physics tests assumes double precision.
 Implicit rank promotion (`x + y` with arrays of different rank) raises, as in equinox's own
 suite: every broadcast in `model/` and `scaling/` must be spelled out. The environment
 variable carries the same setting into the subprocesses and Ray workers the tests start.
+
+One JAX persistent compilation cache serves the whole run (a fresh folder, removed at the
+end; its environment variables reach subprocesses and Ray workers): fits of the same
+campaign shapes compile to the same programs (learning rates and regulariser weights are
+traced), so later tests load what earlier ones compiled.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
-import model  # noqa: F401
-from tests.helpers import (
+CACHE = tempfile.mkdtemp(prefix="ami-scaling-tests-jax-")
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+jax.config.update("jax_compilation_cache_dir", CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+import model  # noqa: E402, F401  (after the cache settings: the first compile fixes them)
+from tests.helpers import (  # noqa: E402
     generic_ami_params,
     generic_field_params,
     tiny_ami_model,

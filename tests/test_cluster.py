@@ -27,6 +27,7 @@ from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
 
 from .campaigns import simulated_campaign, write_toml
+from .conftest import CACHE
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -56,7 +57,7 @@ def config(root, name: str, workers: int = 0, campaign: str = "campaign.zarr"):
             base.cluster,
             workers=workers,
             cpus_per_worker=0.5,
-            compile_cache=str(root / "jax-cache"),
+            compile_cache=CACHE,
         ),
     )
 

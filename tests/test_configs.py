@@ -12,10 +12,12 @@ from scaling.config import (
     FitConfig,
     FlatFieldConfig,
     StarFieldFitConfig,
+    SweepConfig,
     config_to_dict,
     load_config,
     parse_config,
 )
+from scaling.config.load import override
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -35,6 +37,11 @@ def test_every_shipped_config_parses(path):
         expected = StarFieldFitConfig
     elif path.stem.endswith("_fit"):
         expected = FitConfig
+    elif "sweep" in path.stem:
+        expected = SweepConfig
+        base = load_config(config.fit)
+        for key, domain in config.space.items():
+            override(base, {key: next(iter(domain.values()))[0]}, str(path))
     elif path.name.startswith("flatfield"):
         expected = FlatFieldConfig
     else:
@@ -148,7 +155,7 @@ def test_cli_refuses_to_replace_a_foreign_folder(tmp_path, capsys):
     (out / "precious.txt").write_text("keep me")
     args = ["simulate", str(CONFIGS / "flatfield_test.toml"), "--out", str(out), "--quiet"]
     assert main(args) == EXIT_USAGE
-    assert "not a simulation output" in capsys.readouterr().err
+    assert "holds no truth.json; not replacing it" in capsys.readouterr().err
     assert (out / "precious.txt").read_text() == "keep me"
 
 

@@ -214,14 +214,15 @@ def test_slope_and_rate_exposures_share_a_store(tmp_path):
     product = read_rate_product(rates[1], gain=2.0)
     np.testing.assert_array_equal(record.slope[0], product.rate)
     attributes = zarr.open_group(store, mode="r").attrs
-    assert attributes["schema_version"] == SCHEMA_VERSION == 2
+    assert attributes["schema_version"] == SCHEMA_VERSION == 3
 
 
 def test_store_of_the_previous_schema_is_refused(tmp_path):
     store = tmp_path / "c.zarr"
     ingest(write_campaign(tmp_path / "fits", nepochs=1, ncal=0), store, progress=False)
     zarr.open_group(store, mode="r+", use_consolidated=True).attrs["schema_version"] = 1
-    with pytest.raises(StoreError, match="this code reads version 2, the store was written with 1"):
+    message = "this code reads version 3, and older version 2; the store was written with 1"
+    with pytest.raises(StoreError, match=message):
         Campaign.open(store)
 
 

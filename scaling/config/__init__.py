@@ -1,7 +1,8 @@
 """Run and simulation configs: TOML files validated into frozen, typed dataclasses.
 
 `checks` (errors and value checks), `simulation` (the Io campaign and the star field),
-`fitting` (a fit and where it runs) and `load` (kinds, parsing, loading, writing back).
+`fitting` (a fit and where it runs), `sweep` (hyperparameter sweeps) and `load` (kinds,
+parsing, loading, writing back).
 """
 
 from scaling.config.checks import ConfigError
@@ -28,6 +29,7 @@ from scaling.config.simulation import (
     TruthConfig,
     VolcanoConfig,
 )
+from scaling.config.sweep import SweepConfig
 
 __all__ = [
     "KINDS",
@@ -48,6 +50,7 @@ __all__ = [
     "SelectConfig",
     "StarFieldConfig",
     "StarFieldFitConfig",
+    "SweepConfig",
     "TrackingConfig",
     "TruthConfig",
     "VolcanoConfig",

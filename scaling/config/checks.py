@@ -12,6 +12,10 @@ class ConfigError(ValueError):
         self.key, self.problem, self.file = key, problem, file
         super().__init__(f"{file}: {key}: {problem}" if file else f"{key}: {problem}")
 
+    def __reduce__(self):
+        """Copied and pickled whole (Ray sends a trial's errors between processes)."""
+        return type(self), (self.key, self.problem, self.file)
+
 
 def mismatch(expected: str, got: Any) -> str:
     return f"expected {expected}, got {got!r}"

@@ -1,5 +1,6 @@
 """Fit configs: what `scaling fit` reads (`FitConfig`) and its parts."""
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -37,12 +38,14 @@ class OptimiserConfig:
 
     def __post_init__(self):
         require(self.kind in OPTIMISERS, "kind", f"one of {', '.join(OPTIMISERS)}", self.kind)
-        require(self.lr > 0, "lr", "a number > 0", self.lr)
+        require(0 < self.lr < math.inf, "lr", "a finite number > 0", self.lr)
         require(self.start >= 0, "start", "an integer >= 0", self.start)
 
     def transform(self) -> optax.GradientTransformation:
-        """The optax optimiser, masked until `start`."""
-        inner = getattr(optax, self.kind)(self.lr)
+        """The optax optimiser, masked until `start`. Its learning rate lives in the
+        optimiser state (a traced value), so fits that differ only in learning rates (a
+        sweep's trials) compile to the same program and share the compilation cache."""
+        inner = optax.inject_hyperparams(getattr(optax, self.kind))(learning_rate=self.lr)
         if self.start <= 0:
             return inner
         return optax.conditionally_mask(inner, lambda count: count >= self.start)
@@ -157,8 +160,8 @@ class ClusterConfig:
     cpus_per_worker, gpus_per_worker: Ray resources each worker requests (fractions
     allowed); placement: Ray placement-group strategy of the workers; max_restarts:
     lost workers replaced per run before it fails; compile_cache: JAX persistent
-    compilation cache folder shared by the workers ("" → ~/.cache/ami-scaling/jax on
-    each node).
+    compilation cache folder shared by the workers ("" → $JAX_COMPILATION_CACHE_DIR, else
+    ~/.cache/ami-scaling/jax on each node).
     """
 
     workers: int = 0
@@ -195,7 +198,9 @@ class FitConfig:
     the nominal start ("" for none; those without an optimiser then stay fixed);
     position_start: "centre" (every position starts at the frame centre, the default)
     or "centroid" (at the centroid of the exposure's good pixels: real targets are not
-    centred).
+    centred); validation_fraction: share of each exposure's good pixels held out of the
+    training loss and scored as the validation NLL (0: none; see
+    `scaling.fitting.validation`); validation_seed: which pixels.
     """
 
     KIND: ClassVar[str] = "fit"
@@ -219,9 +224,14 @@ class FitConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     calibration: str = ""
     position_start: str = "centre"
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
 
     def __post_init__(self):
         positive_ints(self, "steps", "checkpoint_every")
+        f = self.validation_fraction
+        require(0 <= f <= 0.5, "validation_fraction", "a number in [0, 0.5]", f)
+        positive_ints(self, "validation_seed", minimum=0)
         require(
             self.position_start in POSITION_STARTS,
             "position_start",
@@ -231,10 +241,10 @@ class FitConfig:
         require(self.image_npix % 2 == 1, "image_npix", "an odd integer", self.image_npix)
         require(self.jitter > 0, "jitter", "pixels > 0 (0 has no gradient)", self.jitter)
         require(self.read_noise > 0, "read_noise", "e- > 0", self.read_noise)
-        for name in self.regularisers:
-            require(
-                name in REGULARISERS, f"regularisers.{name}", f"one of {sorted(REGULARISERS)}", name
-            )
+        for name, weight in self.regularisers.items():
+            key = f"regularisers.{name}"
+            require(name in REGULARISERS, key, f"one of {sorted(REGULARISERS)}", name)
+            require(0 <= weight < math.inf, key, "a finite weight >= 0", weight)
         for name in self.optimisers:
             require(name in ROLES, f"optimisers.{name}", f"one of {sorted(ROLES)}", name)
 

@@ -1,11 +1,12 @@
 """Configs: TOML files validated into frozen, typed dataclasses.
 
-A file names its workload with a top-level `kind`: "io" (an AMI campaign of Io and
-calibrators, `CampaignConfig`) or "flatfield" (a dithered star field for pixel
-calibration, `FlatFieldConfig`), "fit" (`FitConfig`) or "flatfield_fit" (a fit of such a
-field, `StarFieldFitConfig`). Every key has a default, so a file holding only `kind`
-is valid. An unknown key, a wrong type or an invalid value is a `ConfigError` (a
-ValueError) naming the file, the dotted key and what was expected.
+A file names what it describes with a top-level `kind`: "io" (an AMI campaign of Io and
+calibrators, `CampaignConfig`), "flatfield" (a dithered star field for pixel
+calibration, `FlatFieldConfig`), "fit" (`FitConfig`), "flatfield_fit" (a fit of such a
+field, `StarFieldFitConfig`) or "sweep" (`SweepConfig`). Every key but a sweep's `fit` has
+a default, so a file holding only `kind` is valid. An unknown key, a wrong type or an
+invalid value is a `ConfigError` (a ValueError) naming the file, the dotted key and what
+was expected.
 """
 
 import dataclasses
@@ -17,10 +18,11 @@ from typing import Any
 from scaling.config.checks import ConfigError, mismatch
 from scaling.config.fitting import FitConfig, StarFieldFitConfig
 from scaling.config.simulation import CampaignConfig, FlatFieldConfig
+from scaling.config.sweep import SweepConfig
 
-Config = CampaignConfig | FlatFieldConfig | FitConfig
+Config = CampaignConfig | FlatFieldConfig | FitConfig | SweepConfig
 KINDS: dict[str, type[Config]] = {
-    c.KIND: c for c in (CampaignConfig, FlatFieldConfig, FitConfig, StarFieldFitConfig)
+    c.KIND: c for c in (CampaignConfig, FlatFieldConfig, FitConfig, StarFieldFitConfig, SweepConfig)
 }
 
 # --- loading ---------------------------------------------------------------------------
@@ -139,3 +141,25 @@ def _plain(value: Any) -> Any:
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The config as TOML/JSON-like data with its `kind` (`parse_config` reads it back)."""
     return {"kind": config.KIND, **_plain(dataclasses.asdict(config))}
+
+
+def override(config: Config, values: dict[str, Any], file: str = "<config>") -> Config:
+    """`config` with each dotted key of `values` set (e.g. "optimisers.log_image.lr"),
+    validated again; a whole number given for an integer key becomes an integer.
+
+    Raises:
+        ConfigError: a key names no table of `config`, or a value is invalid there.
+    """
+    table = config_to_dict(config)
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = table
+        for i, name in enumerate(parents):
+            if not isinstance(node.get(name), dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(key, f"{where} is no table of a {config.KIND} config", file)
+            node = node[name]
+        if isinstance(node.get(last), int) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        node[last] = value
+    return parse_config(table, file)

@@ -163,8 +163,10 @@ class TruthConfig:
     each of the 4 nearest neighbours; bfe: (x, y) brighter-fatter fraction per 1e4 e-;
     nonlinearity: coefficients per 1e4 e- (see `model.ramp.nonlinearity`; the default
     loses 3% at 3e4 e-); dark: e-/s; jitter: detector pixels; read_noise: e- per read;
-    well_depth: e-, the ramp is truncated below it; bad_pixel_fraction: random bad
-    pixels (the outermost ring is always bad).
+    well_depth: e-, slope and rate products truncate the ramp below it, the reads of
+    `_uncal`/`_ramp` products clip at it; bad_pixel_fraction: random bad pixels (the
+    outermost ring is always bad); cosmic_ray_rate: hits per pixel per second in
+    `_uncal`/`_ramp` products (default ~5 per cm² per s on 18 µm pixels).
     """
 
     aberration_rms: float = 20.0
@@ -177,9 +179,10 @@ class TruthConfig:
     read_noise: float = 12.0
     well_depth: float = 30000.0
     bad_pixel_fraction: float = 0.005
+    cosmic_ray_rate: float = 1.6e-5
 
     def __post_init__(self):
-        non_negative(self, "aberration_rms", "flat_scatter", "dark", "jitter")
+        non_negative(self, "aberration_rms", "flat_scatter", "dark", "jitter", "cosmic_ray_rate")
         c = self.ipc_coupling
         require(0 <= c < 0.25, "ipc_coupling", "a number in [0, 0.25)", c)
         require(min(self.bfe) >= 0, "bfe", "numbers >= 0", self.bfe)

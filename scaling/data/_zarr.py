@@ -59,11 +59,17 @@ def consolidate(store: Store) -> None:
 
 
 def open_root(
-    store: Store, kind: str, version: int, where: str, *, mode: str = "r", consolidated: bool
+    store: Store,
+    kind: str,
+    version: int | tuple[int, ...],
+    where: str,
+    *,
+    mode: str = "r",
+    consolidated: bool,
 ) -> zarr.Group:
     """The root group of a store of `kind` (opened in zarr `mode`), checked against the
-    schema `version`. With `consolidated`, the whole hierarchy's metadata comes in the
-    root document (one read) and must be there.
+    schema `version` (or one of several versions read). With `consolidated`, the whole
+    hierarchy's metadata comes in the root document (one read) and must be there.
 
     Raises:
         StoreError: no group there, another kind of store, or another schema version.
@@ -76,9 +82,12 @@ def open_root(
     if found_kind != kind:
         raise StoreError(f"{where}: attribute kind: expected {kind!r}, found {found_kind!r}")
     found = root.attrs.get("schema_version")
-    if found != version:
+    versions = (version,) if isinstance(version, int) else version
+    if found not in versions:
+        older = " and".join(f" older version {v}" for v in versions[:-1])
+        read = f"{versions[-1]}, and{older};" if older else f"{versions[-1]},"
         raise StoreError(
-            f"{where}: attribute schema_version: this code reads version {version}, "
+            f"{where}: attribute schema_version: this code reads version {read} "
             f"the store was written with {found!r}"
         )
     return root

@@ -113,11 +113,36 @@ class ExposureRecord(ExposureMeta):
         slope: (ngroups-1, ny, nx) slopes, electrons per group, float64.
         variance: (ngroups-1, ny, nx) variance of each slope, electrons², float64.
         badpix: (ny, nx) True where a pixel is bad.
+        slope_mask: slopes made from ramps (`scaling.data.ramps`): (ngroups-1, ny, nx)
+            True where a slope is masked (its value NaN); None for a file of slopes,
+            whose mask is `badpix` on every slope.
+        counts: with `slope_mask`, (ngroups-1, ny, nx) int32 integrations averaged into
+            each slope; pair_counts: (ngroups-2, ny, nx) int32 integrations that kept both
+            slope k and slope k+1. None otherwise (every slope from NINTS integrations).
     """
 
     slope: NDArray[np.float64]
     variance: NDArray[np.float64]
     badpix: NDArray[np.bool_]
+    slope_mask: NDArray[np.bool_] | None = None
+    counts: NDArray[np.int32] | None = None
+    pair_counts: NDArray[np.int32] | None = None
+
+    def kept(self) -> NDArray[np.bool_]:
+        """(ngroups-1, ny, nx) True on the slopes a fit uses."""
+        mask = self.badpix[None] if self.slope_mask is None else self.slope_mask | self.badpix
+        return ~np.broadcast_to(mask, self.slope.shape)
+
+    def mean_slope(self) -> NDArray[np.float64]:
+        """(ny, nx) mean of each pixel's kept slopes (a rate product: its rate), 0 where
+        none is kept."""
+        return kept_mean(self.slope, self.kept())
+
+
+def kept_mean(slope: NDArray[np.float64], kept: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """(ny, nx) mean over axis 0 of the `kept` values of (s, ny, nx) `slope`, 0 where none
+    is kept (masked values, NaN or not, never enter)."""
+    return np.where(kept, slope, 0.0).sum(axis=0) / np.maximum(kept.sum(axis=0), 1)
 
 
 def exposure_name(program: int, observation: int, exposure: int, visit: int = 1) -> str:

@@ -3,9 +3,10 @@
 Each file is read with `scaling.data.products.read_product`: our slope files
 (`scaling.data.fitsio`: keywords FILTER, PUPIL, TARGPROP, IS_PSF, EXPMID, ROLL_REF, NINTS,
 NGROUPS, TGROUP, SUBARRAY, PROGRAM, OBSERVTN, VISIT, EXPOSURE, optional DITHX/DITHY,
-TARG_RA/TARG_DEC; image extensions SLOPE, VARIANCE, BADPIX; or their JWST names, see there)
-or JWST rate products (`scaling.data.jwst`, converted to e-/s with the gain given), told
-apart by content; then checked by `scaling.data.validate`. A file whose SHA-256 is already
+TARG_RA/TARG_DEC; image extensions SLOPE, VARIANCE, BADPIX; or their JWST names, see there),
+JWST rate products (`scaling.data.jwst`, converted to e-/s with the gain given) or JWST
+`_uncal`/`_ramp` ramps (`scaling.data.ramps`: slopes with per-slope masks), told apart by
+content; then checked by `scaling.data.validate`. A file whose SHA-256 is already
 in the store is skipped, so ingesting again is a no-op and new files append.
 
 Atomicity. For a local path the new store is built beside the old one
@@ -42,10 +43,17 @@ from zarr.storage import LocalStore
 from scaling.data._zarr import Location, as_store, consolidate, describe, local_path
 from scaling.data.fitsio import META_FIELDS
 from scaling.data.jwst import NIRISS_GAIN
+from scaling.data.ramps import (
+    DEFAULT_RAMPS,
+    DEFAULT_SATURATION_DN,
+    SATURATION_HANDLING,
+    RampOptions,
+)
 from scaling.data.store import (
     ARRAYS,
     KIND,
     SCHEMA_VERSION,
+    SLOPE_MASK_ARRAYS,
     Campaign,
     ExposureInfo,
     previous_store,
@@ -86,13 +94,16 @@ def ingest(
     window_hours: float | None = None,
     epoch_table: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
-    gain: float = NIRISS_GAIN,
+    gain: float | None = NIRISS_GAIN,
+    ramps: RampOptions = DEFAULT_RAMPS,
 ) -> IngestResult:
     """Ingest files or glob patterns `inputs` into the campaign store `out`.
 
     Epochs come from `window_hours` or `epoch_table` (not both); with neither, a
     store's own rule is kept, and a new store uses `DEFAULT_WINDOW_HOURS`. `gain` (e-/DN)
-    converts JWST rate products to electrons and is recorded with each.
+    converts JWST rate and ramp products to electrons and is recorded with each (None: no
+    gain, which such files refuse); `ramps` says how ramps become slopes (saturation
+    level, groups kept; `scaling.data.ramps`).
 
     Raises:
         IngestError: a bad input (naming the file and field) or output path.
@@ -117,7 +128,7 @@ def ingest(
             if sha in known:
                 skipped.append(path)
                 continue
-            checked = check_exposure(path, sha, gain)
+            checked = check_exposure(path, sha, gain, ramps)
             info = _new_info(checked)
             if info.name in by_name:
                 raise IngestError(_duplicate(path, info, by_name[info.name], describe(out)))
@@ -259,19 +270,58 @@ def aligned(rows: Sequence[Sequence[str]]) -> str:
 
 
 def add_gain_option(parser: argparse.ArgumentParser) -> None:
-    """`--gain E_PER_DN` (default NIRISS's) for commands that read JWST rate products."""
+    """`--gain E_PER_DN` (default NIRISS's; 'none': no gain, so files in DN are refused)
+    and the ramp options `--saturation-dn DN`, `--max-groups N`, `--saturated HOW`
+    (`RampOptions`) for
+    commands that read JWST products."""
     parser.add_argument(
         "--gain",
-        type=float,
+        type=_gain,
         default=NIRISS_GAIN,
         metavar="E_PER_DN",
-        help=f"detector gain for JWST rate products in DN/s (default NIRISS {NIRISS_GAIN})",
+        help=f"detector gain for JWST rate and ramp products in DN (default NIRISS "
+        f"{NIRISS_GAIN}; 'none' refuses them)",
     )
+    parser.add_argument(
+        "--saturation-dn",
+        type=float,
+        default=DEFAULT_SATURATION_DN,
+        metavar="DN",
+        help=f"raw DN from which an _uncal group counts as saturated (default "
+        f"{DEFAULT_SATURATION_DN:.0f})",
+    )
+    parser.add_argument(
+        "--max-groups",
+        type=int,
+        metavar="N",
+        help="keep only the first N groups of each ramp (default all)",
+    )
+    parser.add_argument(
+        "--saturated",
+        choices=SATURATION_HANDLING,
+        default="slopes",
+        help="what a saturated group masks: its slope and later ones (default), the whole "
+        "pixel, or every pixel's ramp from the first saturated group of the exposure",
+    )
+
+
+def _gain(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def ramp_options(args: argparse.Namespace) -> RampOptions:
+    """The `RampOptions` of `--saturation-dn` and `--max-groups` (IngestError if invalid)."""
+    try:
+        return RampOptions(args.saturation_dn, args.max_groups, args.saturated)
+    except ValueError as err:
+        raise IngestError(str(err)) from None
 
 
 def add_ingest_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `scaling ingest FILE_OR_GLOB... --out CAMPAIGN.zarr`."""
-    summary = "check FITS exposures (slope files, JWST rate products) and add them to a store"
+    summary = (
+        "check FITS exposures (slope files, JWST rate and ramp products) and add them to a store"
+    )
     p = subparsers.add_parser("ingest", help=summary, description=summary)
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="FITS files or patterns")
     p.add_argument("--out", required=True, metavar="CAMPAIGN.zarr", help="path or fsspec URL")
@@ -300,6 +350,7 @@ def ingest_command(args: argparse.Namespace) -> int:
         epoch_table=table,
         progress=not args.quiet,
         gain=args.gain,
+        ramps=ramp_options(args),
     )
     print(summary_table(result.campaign, result.added))
     print(
@@ -375,7 +426,8 @@ def _write_exposure(store: zarr.abc.store.Store, name: str, checked: CheckedExpo
         "gain": checked.gain,
     }
     group = zarr.create_group(store, path=f"exposures/{name}", zarr_format=3, attributes=attributes)
-    for array in ARRAYS:
+    masks = SLOPE_MASK_ARRAYS if record.slope_mask is not None else ()
+    for array in (*ARRAYS, *masks):
         data = getattr(record, array)
         group.create_array(array, data=data, chunks=data.shape, compressors=_COMPRESSOR)
 

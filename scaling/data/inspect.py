@@ -19,9 +19,10 @@ from astropy.io import fits
 
 from scaling.data._zarr import local_path
 from scaling.data.fitsio import ExposureRecord
-from scaling.data.ingest import add_gain_option, aligned, expand_inputs
+from scaling.data.ingest import add_gain_option, aligned, expand_inputs, ramp_options
 from scaling.data.jwst import NIRISS_GAIN, UNUSABLE_DQ_FLAGS
 from scaling.data.products import RATE
+from scaling.data.ramps import DEFAULT_RAMPS, RampOptions
 from scaling.data.store import Campaign
 from scaling.data.validate import check_exposure, check_gain, file_sha256
 
@@ -39,7 +40,11 @@ COLUMNS = (
 )
 
 
-def inspect_rows(inputs: Sequence[str | os.PathLike], gain: float = NIRISS_GAIN) -> list:
+def inspect_rows(
+    inputs: Sequence[str | os.PathLike],
+    gain: float | None = NIRISS_GAIN,
+    ramps: RampOptions = DEFAULT_RAMPS,
+) -> list:
     """One row of `COLUMNS` cells per exposure of `inputs`: files, glob patterns, or
     campaign stores (a folder or a URL); rate products are converted with `gain` e-/DN.
 
@@ -54,7 +59,7 @@ def inspect_rows(inputs: Sequence[str | os.PathLike], gain: float = NIRISS_GAIN)
         if path is None or path.is_dir():
             rows.extend(_store_rows(Campaign.open(item)))
         else:
-            rows.extend(_file_row(f, gain) for f in expand_inputs([item]))
+            rows.extend(_file_row(f, gain, ramps) for f in expand_inputs([item]))
     return rows
 
 
@@ -68,8 +73,8 @@ def saturated_pixels(path: str | os.PathLike) -> int | None:
     return int((flagged.any(axis=0) if flagged.ndim == 3 else flagged).sum())
 
 
-def _file_row(path: Path, gain: float) -> tuple[str, ...]:
-    checked = check_exposure(path, file_sha256(path), gain)
+def _file_row(path: Path, gain: float | None, ramps: RampOptions) -> tuple[str, ...]:
+    checked = check_exposure(path, file_sha256(path), gain, ramps)
     return _row(path.name, checked.kind, checked.record, saturated_pixels(path))
 
 
@@ -83,7 +88,7 @@ def _store_rows(campaign: Campaign) -> list[tuple[str, ...]]:
 
 def _row(file: str, kind: str, r: ExposureRecord, saturated: int | None) -> tuple[str, ...]:
     """The `COLUMNS` cells of one exposure (see the module docstring)."""
-    rate = r.slope[0] if kind == RATE else r.slope.mean(axis=0) / r.group_time  # e-/s
+    rate = r.slope[0] if kind == RATE else r.mean_slope() / r.group_time  # e-/s
     good = ~r.badpix
     peak = np.max(rate[good]) * r.ngroups * r.group_time if good.any() else np.nan
     return (
@@ -113,6 +118,6 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def inspect_command(args: argparse.Namespace) -> int:
     """Run `scaling inspect` and print the table; bad input raises (`cli.main` reports it)."""
-    rows = inspect_rows(args.inputs, args.gain)
+    rows = inspect_rows(args.inputs, args.gain, ramp_options(args))
     print(aligned([COLUMNS, *rows]))
     return 0

@@ -160,7 +160,7 @@ def read_rate_product(
         raise ValueError(f"gain must be a positive number of e-/DN, got {gain!r}")
     file = os.fspath(path)
     with fits.open(file) as hdul:
-        header = _product_header(file, hdul)
+        header = product_header(file, hdul)
         arrays = {name: _extension(file, hdul, name) for name in _ARRAY_EXTENSIONS}
         if "VAR_FLAT" in hdul:
             arrays["VAR_FLAT"] = _extension(file, hdul, "VAR_FLAT")
@@ -266,11 +266,14 @@ def _check_parity(parity: int) -> None:
         raise ValueError(f"parity must be +1 or -1, got {parity!r}")
 
 
-def _product_header(file: str, hdul: fits.HDUList) -> dict[str, HeaderValue]:
-    """HEADER_KEYWORDS from the primary then the SCI header, checked for what the model needs."""
+def product_header(
+    file: str, hdul: fits.HDUList, keywords: tuple[str, ...] = HEADER_KEYWORDS
+) -> dict[str, HeaderValue]:
+    """`keywords` from the primary then the SCI header, checked for what the model needs
+    (BUNIT only if among them)."""
     primary, sci = hdul[0].header, _hdu(file, hdul, "SCI").header
     header = {}
-    for key in HEADER_KEYWORDS:
+    for key in keywords:
         source = primary if key in primary else sci
         if key not in source:
             raise ProductError(file, key, "required keyword missing from primary and SCI headers")
@@ -280,7 +283,7 @@ def _product_header(file: str, hdul: fits.HDUList) -> dict[str, HeaderValue]:
 
 
 def _check_header(file: str, header: dict[str, HeaderValue]) -> None:
-    if header["BUNIT"] != "DN/s":
+    if "BUNIT" in header and header["BUNIT"] != "DN/s":
         raise ProductError(
             file,
             "BUNIT",
@@ -351,7 +354,7 @@ def _combine_integrations(
     sci, poisson, read = arrays["SCI"], arrays["VAR_POISSON"], arrays["VAR_RNOISE"]
     flat = arrays.get("VAR_FLAT", np.zeros_like(sci))
     finite = np.isfinite(sci) & np.isfinite(poisson) & np.isfinite(read) & np.isfinite(flat)
-    keep = _clip_integrations(sci, finite & ~unusable)
+    keep = clip_integrations(sci, finite & ~unusable)
     n = keep.sum(axis=0)
     n_safe = np.maximum(n, 1)
 
@@ -364,8 +367,13 @@ def _combine_integrations(
     return kept_sum(sci) / n_safe, variance, read_noise, n
 
 
-def _clip_integrations(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """(nints, ny, nx) bool: integrations kept by the iterative median/MAD clip per pixel."""
+def clip_integrations(
+    values: np.ndarray, usable: np.ndarray, floor: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """(nints, ...) bool: the `usable` integrations (axis 0) kept by the iterative
+    median/MAD clip of `CLIP_SIGMA`, per element of the other axes; the robust sigma is
+    at least `floor` (e.g. the expected noise, so that a MAD of a few integrations that
+    happens to be small does not clip good ones)."""
     keep = usable.copy()
     for _ in range(CLIP_MAX_PASSES):
         # Pixels with nothing kept get zeros so nanmedian never meets an all-NaN column.
@@ -373,6 +381,7 @@ def _clip_integrations(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
         median = np.nanmedian(np.where(keep, values, blank), axis=0)
         deviation = np.abs(np.where(keep, values, median) - median)
         sigma = _MAD_TO_SIGMA * np.nanmedian(np.where(keep, deviation, blank), axis=0)
+        sigma = np.maximum(sigma, floor)
         kept = keep & (deviation <= CLIP_SIGMA * sigma)
         if np.array_equal(kept, keep):
             break

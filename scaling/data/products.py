@@ -1,16 +1,21 @@
-"""Exposure files of both kinds, told apart by their content: our slope files and JWST rate
-products, each read into an `ExposureRecord` in electrons; and JWST-like rate products written.
+"""Exposure files of every kind, told apart by their content: our slope files, JWST rate
+products and JWST ramps, each read into an `ExposureRecord` in electrons; and JWST-like rate
+and ramp products written.
 
 * kind "slopes": our layout (`scaling.data.fitsio`), slopes (ngroups-1, ny, nx) e-/group.
+* kind "slopes" too, from a JWST `_uncal` or `_ramp` product (4-D SCI: nints, ngroups, ny,
+  nx, in DN), made into slopes by `scaling.data.ramps.read_ramp`, with per-slope masks and
+  integration counts (`ExposureRecord.slope_mask`, `counts`, `pair_counts`).
 * kind "rate": a JWST stage-2 `_rate`/`_cal` (2-D) or `_rateints`/`_calints` (3-D) product,
   read by `scaling.data.jwst.read_rate_product`: the record's `slope` is the count rate
   (1, ny, nx) e-/s, its `variance` the rate's total variance (1, ny, nx) (e-/s)², `badpix`
   the product's mask (do-not-use DQ bits, reference pixels).
 
-A file is a rate product when it has a SCI image and no SLOPE one and SCI is 2-D or carries
-JWST product keywords (BUNIT, or EXP_TYPE in the primary header), unless BUNIT is a
-per-group unit ('electrons/group'): a 3-D SCI in electrons per group, or without units or
-EXP_TYPE, is one of our slope files under JWST names.
+A file is a ramp product when its SCI is 4-D. It is a rate product when it has a SCI image
+and no SLOPE one and SCI is 2-D or carries JWST product keywords (BUNIT, or EXP_TYPE in the
+primary header), unless BUNIT is a per-group unit ('electrons/group'): a 3-D SCI in
+electrons per group, or without units or EXP_TYPE, is one of our slope files under JWST
+names.
 
 Orientation. The model's `roll` (`model.source.rotate_image`) turns a north-up, east-left sky
 image counter-clockwise by `roll` degrees into detector axes. For a rate product it is
@@ -46,10 +51,31 @@ from scaling.data.jwst import (
     reference_pixel_mask,
     sky_to_detector_rotation,
 )
+from scaling.data.ramps import (
+    DEFAULT_RAMPS,
+    DO_NOT_USE,
+    JUMP_DET,
+    SATURATED,
+    RampOptions,
+    is_ramp,
+    read_ramp,
+)
 
 SLOPES, RATE = "slopes", "rate"
 KINDS = (SLOPES, RATE)
 """Exposure kinds: our group slopes (e-/group) or a JWST count rate (e-/s)."""
+
+RAMPS = "ramps"
+"""`product_kind` of a JWST ramp product (`_uncal`, `_ramp`), read as kind SLOPES."""
+
+UNCAL, RAMP = "uncal", "ramp"
+PRODUCTS = (SLOPES, RATE, UNCAL, RAMP)
+"""Files the simulator writes: our slope files, JWST-like `_cal` rate products, raw
+`_uncal` ramps (uint16 DN, no DQ) or stage-1 `_ramp` ramps (float32 DN, GROUPDQ, PIXELDQ)."""
+
+BIAS_DN = 12000.0
+"""[DN] Bias level of written `_uncal` ramps (NIRISS's is ~12,000 DN); `_ramp` ramps are
+written with it subtracted, as the pipeline's superbias step does."""
 
 NIRISS_V3I_YANG = 0.56126717
 """[deg] V3 → Ideal y angle of the NIRISS AMI aperture (SIAF; the program-1093 headers)."""
@@ -102,10 +128,13 @@ class Product:
 
 
 def product_kind(path: str | os.PathLike) -> str:
-    """RATE for a JWST rate product, SLOPES otherwise (see the module docstring); a file
-    astropy cannot open counts as SLOPES, whose reader names the problem."""
+    """RAMPS for a JWST ramp product, RATE for a JWST rate product, SLOPES otherwise (see
+    the module docstring); a file astropy cannot open counts as SLOPES, whose reader names
+    the problem."""
     try:
         with fits.open(path) as hdul:
+            if is_ramp(hdul):
+                return RAMPS
             if "SCI" not in hdul or "SLOPE" in hdul:
                 return SLOPES
             sci, primary = hdul["SCI"].header, hdul[0].header
@@ -118,15 +147,23 @@ def product_kind(path: str | os.PathLike) -> str:
         return SLOPES
 
 
-def read_product(path: str | os.PathLike, gain: float = NIRISS_GAIN) -> Product:
-    """Read an exposure file of either kind; `gain` (e-/DN) converts a rate product.
+def read_product(
+    path: str | os.PathLike, gain: float | None = NIRISS_GAIN, ramps: RampOptions = DEFAULT_RAMPS
+) -> Product:
+    """Read an exposure file of any kind; `gain` (e-/DN) converts a rate or ramp product
+    (None: none given, which those refuse), `ramps` says how ramps become slopes.
 
     Raises:
         ValueError: naming the file and the keyword or extension at fault (a
-            `ProductError` for a rate product the model cannot describe).
+            `ProductError` for a rate or ramp product the model cannot describe).
     """
-    if product_kind(path) == RATE:
+    kind = product_kind(path)
+    if kind == RATE:
+        if gain is None:
+            raise ProductError(str(path), "SCI", "counts in DN/s need a gain (e-/DN); give --gain")
         return _read_rate(Path(path), gain)
+    if kind == RAMPS:
+        return _read_ramp(Path(path), gain, ramps)
     record, names = read_exposure_with_names(path)
     name = exposure_name(record.program, record.observation, record.exposure, record.visit)
     return Product(SLOPES, name, record, names, None)
@@ -135,23 +172,45 @@ def read_product(path: str | os.PathLike, gain: float = NIRISS_GAIN) -> Product:
 def _read_rate(path: Path, gain: float) -> Product:
     """A rate product as a record: (1, ny, nx) rate e-/s and variance (e-/s)², the mask."""
     product = read_rate_product(path, gain)
+    meta, names, name = _product_meta(path, product.header)
+    names |= {"slope": "SCI", "variance": "VAR_POISSON+VAR_RNOISE+VAR_FLAT", "badpix": "DQ"}
+    record = ExposureRecord(
+        **meta, slope=product.rate[None], variance=product.variance[None], badpix=product.bad
+    )
+    return Product(RATE, name, record, names, product.gain)
+
+
+def _read_ramp(path: Path, gain: float | None, options: RampOptions) -> Product:
+    """A ramp product as slopes (s, ny, nx) e-/group with per-slope masks and counts."""
+    ramp = read_ramp(path, gain, options)
+    meta, names, name = _product_meta(path, ramp.header)
+    meta |= {"nints": ramp.nints, "ngroups": ramp.ngroups}
+    names |= {"nints": "SCI", "ngroups": "SCI", "slope": "SCI", "variance": "SCI"}
+    names["badpix"] = "PIXELDQ"
+    record = ExposureRecord(
+        **meta,
+        slope=ramp.slope,
+        variance=ramp.variance,
+        badpix=ramp.bad,
+        slope_mask=ramp.slope_mask,
+        counts=ramp.counts,
+        pair_counts=ramp.pair_counts,
+    )
+    return Product(SLOPES, name, record, names, ramp.gain)
+
+
+def _product_meta(path: Path, header: dict) -> tuple[dict, dict[str, str], str]:
+    """(`ExposureMeta` fields, field → keyword read, exposure name) of a JWST product whose
+    checked keywords are `header`."""
     with fits.open(path) as hdul:
         headers = (hdul[0].header, hdul["SCI"].header)
         meta, names = header_fields(headers, _RATE_KEYWORDS, path)
         name, ids = jwst_exposure_id(hdul[0].header, path)
-    meta["roll"], names["roll"] = detector_roll(product.header, str(path)), _ROLL_KEYWORDS
+    meta["roll"], names["roll"] = detector_roll(header, str(path)), _ROLL_KEYWORDS
     from_keywords = _has_ids(headers[0])
     for field, key in zip(ids, ("PROGRAM", "OBSERVTN", "VISIT", "EXPOSURE"), strict=True):
         names[field] = key if from_keywords else "file name"
-    names |= {"slope": "SCI", "variance": "VAR_POISSON+VAR_RNOISE+VAR_FLAT", "badpix": "DQ"}
-    record = ExposureRecord(
-        **meta,
-        **ids,
-        slope=product.rate[None],
-        variance=product.variance[None],
-        badpix=product.bad,
-    )
-    return Product(RATE, name, record, names, product.gain)
+    return meta | ids, names, name
 
 
 def detector_roll(header: dict, file: str) -> float:
@@ -237,11 +296,7 @@ def write_rate_product(
         ValueError: `meta.subarray` is not a NIRISS subarray of the arrays' shape.
     """
     shape = np.shape(rate)
-    if NIRISS_SUBARRAYS.get(meta.subarray) != shape:
-        raise ValueError(
-            f"subarray {meta.subarray!r}: a rate product needs a NIRISS subarray of shape "
-            f"{shape} ({', '.join(f'{k} {v}' for k, v in NIRISS_SUBARRAYS.items())})"
-        )
+    _check_subarray(meta, shape)
     flags = UNUSABLE_DQ_FLAGS
     reference = reference_pixel_mask(*SUBARRAY_START, shape)
     dq = np.where(bad, flags["DO_NOT_USE"], 0) | np.where(
@@ -256,15 +311,73 @@ def write_rate_product(
         "DQ": dq.astype(np.uint32),
         **variances,
     }
-    hdus = [fits.PrimaryHDU(header=_primary_header(meta, shape))]
+    hdus = [fits.PrimaryHDU(header=_primary_header(meta, shape, "ImageModel"))]
     for name, data in arrays.items():
-        header = _sci_header(meta, shape, pixel_scale) if name == "SCI" else None
+        header = _sci_header(meta, shape, pixel_scale, "DN/s") if name == "SCI" else None
         data = data if name == "DQ" else data.astype(np.float32)
         hdus.append(fits.ImageHDU(data, header=header, name=name))
     fits.HDUList(hdus).writeto(path)
 
 
-def _primary_header(meta: ExposureMeta, shape: tuple[int, int]) -> fits.Header:
+def write_ramp_product(
+    path: str | os.PathLike,
+    meta: ExposureMeta,
+    charge: np.ndarray,
+    pixel_scale: float,
+    product: str,
+    saturation_dn: float,
+    jumps: np.ndarray | None = None,
+    bad: np.ndarray | None = None,
+    gain: float = NIRISS_GAIN,
+) -> None:
+    """Write one exposure's ramps as a JWST `_uncal` (product UNCAL) or `_ramp` (RAMP)
+    file, readable by `read_product` and by stdatamodels as `Level1bModel` or `RampModel`.
+
+    `charge` (nints, ngroups, ny, nx) is each read in electrons; DN = BIAS_DN + charge /
+    `gain`. UNCAL: SCI the DN rounded to uint16 (clipped to [0, 65535]), no DQ. RAMP: SCI
+    float32 DN with the bias subtracted; GROUPDQ SATURATED from the first group whose DN
+    reach `saturation_dn` on, JUMP_DET where `jumps` (same shape, bool) is set; PIXELDQ
+    DO_NOT_USE on `bad` (ny, nx) pixels. Keywords and orientation as `write_rate_product`.
+
+    Raises:
+        ValueError: `product` is not UNCAL or RAMP, or `meta.subarray` is not a NIRISS
+            subarray of the reads' shape.
+    """
+    if product not in (UNCAL, RAMP):
+        raise ValueError(f"product: expected {UNCAL!r} or {RAMP!r}, got {product!r}")
+    shape = charge.shape[2:]
+    _check_subarray(meta, shape)
+    dn = BIAS_DN + np.asarray(charge, np.float64) / gain
+    model = "Level1bModel" if product == UNCAL else "RampModel"
+    primary = fits.PrimaryHDU(header=_primary_header(meta, shape, model))
+    sci = _sci_header(meta, shape, pixel_scale, "DN")
+    if product == UNCAL:
+        data = np.clip(np.round(dn), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        fits.HDUList([primary, fits.ImageHDU(data, header=sci, name="SCI")]).writeto(path)
+        return
+    saturated = np.logical_or.accumulate(dn >= saturation_dn, axis=1)
+    jumps = np.zeros(dn.shape, bool) if jumps is None else jumps
+    groupdq = np.where(saturated, SATURATED, 0) | np.where(jumps, JUMP_DET, 0)
+    pixeldq = np.zeros(shape, np.uint32) if bad is None else np.where(bad, DO_NOT_USE, 0)
+    hdus = [
+        primary,
+        fits.ImageHDU((dn - BIAS_DN).astype(np.float32), header=sci, name="SCI"),
+        fits.ImageHDU(pixeldq.astype(np.uint32), name="PIXELDQ"),
+        fits.ImageHDU(groupdq.astype(np.uint8), name="GROUPDQ"),
+    ]
+    fits.HDUList(hdus).writeto(path)
+
+
+def _check_subarray(meta: ExposureMeta, shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless `meta.subarray` is a NIRISS subarray of `shape` (ny, nx)."""
+    if NIRISS_SUBARRAYS.get(meta.subarray) != tuple(shape):
+        raise ValueError(
+            f"subarray {meta.subarray!r}: a JWST product needs a NIRISS subarray of shape "
+            f"{tuple(shape)} ({', '.join(f'{k} {v}' for k, v in NIRISS_SUBARRAYS.items())})"
+        )
+
+
+def _primary_header(meta: ExposureMeta, shape: tuple[int, int], datamodel: str) -> fits.Header:
     """Primary keywords of a written product: identity, instrument set-up, readout, times."""
     duration = meta.nints * meta.ngroups * meta.group_time / 86400  # days
     ids = (meta.program, meta.observation, meta.visit, 1, 1, 1, meta.exposure)
@@ -272,7 +385,7 @@ def _primary_header(meta: ExposureMeta, shape: tuple[int, int]) -> fits.Header:
         "TELESCOP": "JWST",
         "INSTRUME": "NIRISS",
         "DETECTOR": "NIS",
-        "DATAMODL": "ImageModel",
+        "DATAMODL": datamodel,
         "EXP_TYPE": "NIS_AMI" if meta.pupil == "NRM" else "NIS_IMAGE",
         **{k: f"{n:0{w}d}" for k, n, w in zip(_ID_KEYWORDS, ids, _ID_WIDTHS, strict=True)},
         "TARGPROP": meta.target,
@@ -304,13 +417,15 @@ def _primary_header(meta: ExposureMeta, shape: tuple[int, int]) -> fits.Header:
     return fits.Header(list(_cards(cards)))
 
 
-def _sci_header(meta: ExposureMeta, shape: tuple[int, int], pixel_scale: float) -> fits.Header:
-    """SCI keywords: units, pointing angles and a celestial WCS that agree (see
+def _sci_header(
+    meta: ExposureMeta, shape: tuple[int, int], pixel_scale: float, unit: str
+) -> fits.Header:
+    """SCI keywords: `unit`, pointing angles and a celestial WCS that agree (see
     `write_rate_product`)."""
     position_angle = -meta.roll % 360.0
     cd = cd_matrix(pixel_scale, meta.roll)
     cards = {
-        "BUNIT": "DN/s",
+        "BUNIT": unit,
         "MJD-AVG": (meta.expmid, "[d] exposure mid-point in MJD"),
         "PA_APER": (position_angle, "[deg] position angle of the aperture (+y axis)"),
         "ROLL_REF": ((position_angle - NIRISS_V3I_YANG) % 360.0, "[deg] V3 roll at ref point"),

@@ -12,6 +12,10 @@ Layout (written by `scaling.data.ingest`):
                           kind "rate": (1, ny, nx) count rate, e-/s
         variance  float64 (ngroups-1, ny, nx)  e-²; kind "rate": (1, ny, nx) (e-/s)²
         badpix    bool    (ny, nx)             True = bad
+      and, for slopes made from ramps (`scaling.data.ramps`) only:
+        slope_mask   bool  (ngroups-1, ny, nx)  True = slope masked (its value NaN)
+        counts       int32 (ngroups-1, ny, nx)  integrations averaged into each slope
+        pair_counts  int32 (ngroups-2, ny, nx)  integrations that kept slopes k and k+1
 
 Only the names listed in the root's `exposures` attribute exist for readers, so a group
 written by an interrupted ingest is invisible. Opening reads the root document alone;
@@ -32,13 +36,20 @@ from scaling.data._zarr import Location, StoreError, as_store, describe, local_p
 from scaling.data.fitsio import META_FIELDS, ExposureMeta, ExposureRecord
 
 KIND = "ami-campaign"
-SCHEMA_VERSION = 2
-"""Bumped whenever the layout above changes; stores of another version are refused.
-2: exposures of kind "rate" (JWST rate products) beside "slopes"; each records its kind
-and gain."""
+SCHEMA_VERSION = 3
+"""Bumped whenever the layout above changes. 2: exposures of kind "rate" (JWST rate
+products) beside "slopes"; each records its kind and gain. 3: slopes made from ramps
+carry `SLOPE_MASK_ARRAYS`."""
+
+READABLE_VERSIONS = (2, 3)
+"""Schema versions this code reads (a version-2 store is a version-3 store without ramps;
+an ingest into it writes version 3); others are refused."""
 
 ARRAYS = ("slope", "variance", "badpix")
 """The arrays of each exposure group; their names are the `ExposureRecord` fields."""
+
+SLOPE_MASK_ARRAYS = ("slope_mask", "counts", "pair_counts")
+"""The arrays only exposures made from ramps have (`ExposureRecord` fields too)."""
 
 
 ROLES = ("science", "calibrator")
@@ -132,7 +143,7 @@ class Campaign:
                 raise StoreError(f"{where}: no campaign store there")
             location = previous_store(path)
         root = open_root(
-            as_store(location, read_only=True), KIND, SCHEMA_VERSION, where, consolidated=True
+            as_store(location, read_only=True), KIND, READABLE_VERSIONS, where, consolidated=True
         )
         return cls(root, _infos(root), where)
 
@@ -232,10 +243,12 @@ class Campaign:
         Reads exactly one chunk per array of each named exposure, nothing else.
         """
         records = {}
+        nodes = self._root.metadata.consolidated_metadata.flattened_metadata
         for name in names:
             info = self.info(name)
             group = f"exposures/{name}"
-            arrays = {a: self._root[f"{group}/{a}"][...] for a in ARRAYS}
+            present = [a for a in SLOPE_MASK_ARRAYS if f"{group}/{a}" in nodes]
+            arrays = {a: self._root[f"{group}/{a}"][...] for a in (*ARRAYS, *present)}
             meta = {f: getattr(info, f) for f in META_FIELDS}
             records[name] = ExposureRecord(**meta, **arrays)
         return records

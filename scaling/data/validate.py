@@ -25,6 +25,7 @@ from model.constants import FILTERS
 from scaling.data.fitsio import ExposureRecord
 from scaling.data.jwst import NIRISS_GAIN
 from scaling.data.products import Product, read_product
+from scaling.data.ramps import DEFAULT_RAMPS, RampOptions
 
 _COORDINATES = {"TARG_RA": "target_ra", "TARG_DEC": "target_dec"}
 """Optional primary-header keywords (JWST names, degrees) kept for the WCS of exports."""
@@ -44,7 +45,7 @@ class CheckedExposure:
         record: its metadata and arrays (in electrons; see `scaling.data.products`).
         target_ra, target_dec: target coordinates from TARG_RA/TARG_DEC, degrees, or None.
         kind: 'slopes' or 'rate'; name: its exposure id.
-        gain: e-/DN applied to a rate product, None for slopes.
+        gain: e-/DN applied to a rate or ramp product, None for slope files.
     """
 
     path: Path
@@ -66,27 +67,33 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def check_gain(gain: float) -> None:
-    """Raise IngestError unless `gain` is a positive, finite number of e-/DN."""
-    if not (math.isfinite(gain) and gain > 0):
+def check_gain(gain: float | None) -> None:
+    """Raise IngestError unless `gain` is a positive, finite number of e-/DN or None (no
+    gain given: files in DN are then refused, naming the file)."""
+    if gain is not None and not (math.isfinite(gain) and gain > 0):
         raise IngestError(f"gain: expected e-/DN > 0, got {gain}")
 
 
 def check_exposure(
-    path: str | os.PathLike, sha256: str, gain: float = NIRISS_GAIN
+    path: str | os.PathLike,
+    sha256: str,
+    gain: float | None = NIRISS_GAIN,
+    ramps: RampOptions = DEFAULT_RAMPS,
 ) -> CheckedExposure:
-    """Read `path` (whose bytes hash to `sha256`; a rate product converted with `gain`
-    e-/DN) and check every value a fit relies on.
+    """Read `path` (whose bytes hash to `sha256`; a rate or ramp product converted with
+    `gain` e-/DN, a ramp made into slopes as `ramps` says) and check every value a fit
+    relies on.
 
     Raises:
         IngestError: unreadable, truncated or non-FITS file; missing extension or keyword;
             mismatched shapes; unknown filter; a rate product the model cannot describe
-            (units, exposure type, frames per group, subarray, parity); non-finite slopes
-            or non-positive variance on an unmasked pixel; every pixel masked;
+            (units, exposure type, frames per group, subarray, parity) or a ramp product
+            (`scaling.data.ramps.read_ramp`); non-finite slopes or non-positive variance
+            on a kept slope; every pixel masked;
             out-of-range header values.
     """
     path = Path(path)
-    product = _read(path, gain)
+    product = _read(path, gain, ramps)
     record, names = product.record, product.names
     _check_header(record, names, path)
     _check_arrays(record, names, path)
@@ -96,12 +103,12 @@ def check_exposure(
     )
 
 
-def _read(path: Path, gain: float) -> Product:
+def _read(path: Path, gain: float | None, ramps: RampOptions) -> Product:
     """`read_product`, with truncation (a warning in astropy) and any failure as errors."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            read = read_product(path, gain)
+            read = read_product(path, gain, ramps)
             failure = None
         except Exception as err:  # a malformed file can fail anywhere inside astropy
             read, failure = None, err
@@ -153,13 +160,13 @@ def _check_header(r: ExposureRecord, names: dict[str, str], path: Path) -> None:
 
 
 def _check_arrays(r: ExposureRecord, names: dict[str, str], path: Path) -> None:
-    """Some pixel unmasked; finite slopes, positive finite variance on unmasked pixels.
+    """Some pixel unmasked; finite slopes, positive finite variance on kept slopes.
     `names`: array → extension read."""
     if r.badpix.all():
         raise IngestError(
             f"{path}: {names['badpix']}: every pixel is masked ({r.badpix.size} pixels)"
         )
-    good = ~r.badpix[None]
+    good = r.kept()
     _first_bad(path, names["slope"], r.slope, good & ~np.isfinite(r.slope), "NaN or inf")
     positive = np.isfinite(r.variance) & (r.variance > 0)
     _first_bad(path, names["variance"], r.variance, good & ~positive, "<= 0 or not finite")

@@ -100,10 +100,13 @@ class Fitter(eqx.Module):
         model: the forward model.
         scale: parameter-shaped tree dividing the gradient (inverse Fisher diagonal for
             preconditioned parameters, 1 elsewhere).
+        reg_weights: `settings.reg_weights` as arrays: traced, so fits that differ only in
+            regulariser weights compile to the same program.
     """
 
     model: ExposureModel
     scale: dict
+    reg_weights: dict
     settings: FitSettings = eqx.field(static=True)
     shared_optimiser: optax.GradientTransformation = eqx.field(static=True)
     local_optimiser: optax.GradientTransformation = eqx.field(static=True)
@@ -139,9 +142,7 @@ class Fitter(eqx.Module):
         """
 
         def total(p):
-            terms = loss_terms(
-                self.model, p, batches, self.settings.reg_weights, self.settings.diagonal
-            )
+            terms = loss_terms(self.model, p, batches, self.reg_weights, self.settings.diagonal)
             return terms["total"], terms
 
         (_, terms), grads = jax.value_and_grad(total, has_aux=True)(params)
@@ -205,9 +206,11 @@ def make_fitter(
         scale = initial_scale(model, params, batches, settings)
     scale = floor_pixel_local(scale)
     shared, local = split(params)
+    weights = {k: jnp.asarray(w, dtype=jnp.float64) for k, w in settings.reg_weights.items()}
     return Fitter(
         model,
         scale,
+        weights,
         settings,
         build_optimiser(shared, settings.optimisers),
         build_optimiser(local, settings.optimisers),

@@ -29,15 +29,16 @@ from scaling.fitting.params import Batch, Observation, make_batches, over_exposu
 class Likelihood(NamedTuple):
     """The model functions of one kind of exposure data, each for one exposure.
 
-    `data` is the (s, p, p) `Observation.slopes`, `variance` its `Observation.variance`
-    (None for slopes), `bad` the (p, p) mask.
+    `data` is the (s, p, p) `Observation.slopes`, `bad` the (p, p) mask and `extra` the
+    kind's own data (`Observation.extra`): a rate's variance, the slopes' `SlopeCounts`.
 
     Attributes:
         mean: (model, params, spec) → (s, p, p) model data.
-        nll: (model, params, spec, data, bad, variance, diagonal) → negative log-likelihood.
+        nll: (model, params, spec, data, bad, extra, diagonal) → negative log-likelihood.
         chi_squared: same arguments → (χ², number of measurements).
-        whiten: (values, mean, params, spec, variance, bad) → (s, p, p) values − mean
-            whitened by the data covariance at `params`, L⁻¹ (values − mean).
+        whiten: (values, mean, params, spec, extra, bad) → (s, p, p) values − mean
+            whitened by the data covariance at `params`, L⁻¹ (values − mean); 0 on masked
+            slopes.
     """
 
     mean: Callable
@@ -49,12 +50,14 @@ class Likelihood(NamedTuple):
 LIKELIHOODS = {
     "slopes": Likelihood(
         mean=lambda m, p, spec: m.slopes(p, spec),
-        nll=lambda m, p, spec, data, bad, _, diagonal: m.nll(p, spec, data, bad, diagonal),
-        chi_squared=lambda m, p, spec, data, bad, _, diagonal: m.chi_squared(
-            p, spec, data, bad, diagonal
+        nll=lambda m, p, spec, data, bad, counts, diagonal: m.nll(
+            p, spec, data, bad, diagonal, counts
         ),
-        whiten=lambda x, mean, p, spec, _, __: whitened_residuals(
-            x, mean, p["read_noise"], spec.nints
+        chi_squared=lambda m, p, spec, data, bad, counts, diagonal: m.chi_squared(
+            p, spec, data, bad, diagonal, counts
+        ),
+        whiten=lambda x, mean, p, spec, counts, _: whitened_residuals(
+            x, mean, p["read_noise"], spec.nints, counts=counts
         )[0],
     ),
     "rate": Likelihood(
@@ -75,14 +78,12 @@ def _per_exposure(model: ExposureModel, params: dict, batch: Batch, term: str, d
     """`term` ("nll" or "chi_squared") of every exposure in `batch`, by its kind's likelihood."""
     likelihood = getattr(LIKELIHOODS[batch.kind], term)
     return over_exposures(
-        lambda p, spec, data, bad, variance: likelihood(
-            model, p, spec, data, bad, variance, diagonal
-        ),
+        lambda p, spec, data, bad, extra: likelihood(model, p, spec, data, bad, extra, diagonal),
         batch,
         (params,),
         batch.slopes,
         batch.bad,
-        batch.variance,
+        batch.extra,
     )
 
 
@@ -115,6 +116,12 @@ def loss_terms(
 def loss(model, params, batches, reg_weights, diagonal: bool = False) -> Float[Array, ""]:
     """The scalar campaign loss (see `loss_terms`)."""
     return loss_terms(model, params, batches, reg_weights, diagonal)["total"]
+
+
+@eqx.filter_jit
+def nll_sum(model: ExposureModel, params: dict, batches: list[Batch]) -> Float[Array, ""]:
+    """Σ NLL over `batches` (with held-out batches: the validation NLL)."""
+    return sum(jnp.sum(batch_nll(model, params, b)) for b in batches)
 
 
 def batch_chi_squared(model: ExposureModel, params: dict, batch: Batch, diagonal: bool = False):
@@ -158,19 +165,22 @@ def _whitened(model: ExposureModel, params: dict, batch: Batch):
     """(b, s, p, p) whitened residuals (data − model) of every exposure in `batch`."""
     kind = LIKELIHOODS[batch.kind]
 
-    def one(p, spec, data, bad, variance):
-        return kind.whiten(data, kind.mean(model, p, spec), p, spec, variance, bad)
+    def one(p, spec, data, bad, extra):
+        return kind.whiten(data, kind.mean(model, p, spec), p, spec, extra, bad)
 
-    return over_exposures(one, batch, (params,), batch.slopes, batch.bad, batch.variance)
+    return over_exposures(one, batch, (params,), batch.slopes, batch.bad, batch.extra)
 
 
 def residual_maps(model: ExposureModel, params: dict, observations: list[Observation], epochs):
-    """{exposure name: (p, p) mean whitened residual over slopes (a rate's own), NaN on
-    bad pixels}."""
+    """{exposure name: (p, p) mean whitened residual over kept slopes (a rate's own), NaN
+    on bad pixels and where no slope is kept}."""
     names = [o.name for o in observations]
     out = {}
     for batch in make_batches(observations, names, epochs):
-        y = np.asarray(_whitened(model, params, batch)).mean(axis=1)
+        y = np.asarray(_whitened(model, params, batch))
+        kept = np.ones(y.shape, bool) if batch.counts is None else ~np.asarray(batch.counts.bad)
+        n = kept.sum(axis=1)
+        mean = np.where(kept, y, 0.0).sum(axis=1) / np.maximum(n, 1)
         for k, i in enumerate(np.asarray(batch.exposure_index)):
-            out[names[i]] = np.where(np.asarray(batch.bad[k]), np.nan, y[k])
+            out[names[i]] = np.where(np.asarray(batch.bad[k]) | (n[k] == 0), np.nan, mean[k])
     return out

@@ -19,7 +19,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from model import ExposureSpec
+from model.likelihood import SlopeCounts, uniform_counts
 from scaling.config.roles import ROLES
+from scaling.data.fitsio import kept_mean
 
 KINDS = ("slopes", "rate")
 """Kinds of exposure data: a ramp's group-difference slopes or a pipeline's rate image."""
@@ -39,6 +41,12 @@ class Observation:
         kind: "slopes" (group differences of a ramp) or "rate" (a pipeline's rate image).
         variance: kind "rate": (1, p, p) the file's variance of the rate, (e-/s)²; None
             for slopes (their covariance is modelled).
+        slope_mask: kind "slopes" from ramps: (s, p, p) True where a slope is masked
+            (saturated, a jump, no integration kept); None: `bad` on every slope.
+        counts: (s, p, p) integrations averaged into each slope, with `slope_mask`;
+            None: `spec.nints` everywhere.
+        pair_counts: (s-1, p, p) integrations that kept both slope k and k+1, with
+            `slope_mask`.
     """
 
     name: str
@@ -48,6 +56,9 @@ class Observation:
     bad: np.ndarray
     kind: str = "slopes"
     variance: np.ndarray | None = None
+    slope_mask: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    pair_counts: np.ndarray | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -57,6 +68,35 @@ class Observation:
             raise ValueError(f"{self.name}: a rate needs (1, p, p) data and variance")
         if not rate and self.variance is not None:
             raise ValueError(f"{self.name}: slopes carry no variance (it is modelled)")
+        masks = (self.slope_mask, self.counts, self.pair_counts)
+        if any(m is not None for m in masks):
+            s = self.slopes.shape
+            shapes = (s, s, (s[0] - 1, *s[1:]))
+            if rate or any(np.shape(m) != shape for m, shape in zip(masks, shapes, strict=True)):
+                raise ValueError(
+                    f"{self.name}: slope masks need slopes and all three of slope_mask, "
+                    f"counts {s}, pair_counts {shapes[2]}"
+                )
+
+    def slope_counts(self) -> SlopeCounts:
+        """The slopes' masks and integration counts for the likelihood: the ramp's own,
+        or the pixel mask on every slope and `spec.nints` everywhere."""
+        if self.slope_mask is None:
+            return uniform_counts(jnp.asarray(self.bad), self.spec.nints, self.slopes.shape[0])
+        as_float = lambda a: jnp.asarray(a, dtype=jnp.float64)  # noqa: E731
+        bad = jnp.asarray(self.slope_mask | self.bad[None])
+        return SlopeCounts(bad, as_float(self.counts), as_float(self.pair_counts))
+
+    def mean_slope(self) -> np.ndarray:
+        """(p, p) mean of each pixel's kept slopes (a rate: the rate), 0 where none."""
+        return kept_mean(self.slopes, ~np.asarray(self.slope_counts().bad))
+
+    def extra(self):
+        """What the likelihood needs besides data and mask: a rate's variance (1, p, p),
+        the slopes' `SlopeCounts` when they have masks of their own, else None."""
+        if self.kind == "rate":
+            return jnp.asarray(self.variance, dtype=jnp.float64)
+        return None if self.slope_mask is None else self.slope_counts()
 
 
 class Batch(eqx.Module):
@@ -71,6 +111,8 @@ class Batch(eqx.Module):
         weight: (b,) 1 for real exposures, 0 for padding added for device sharding.
         filter, resolved, kind: static (`Observation.kind`).
         variance: (b, 1, p, p) rate variances, (e-/s)², for kind "rate"; None for slopes.
+        counts: the slopes' `SlopeCounts`, stacked (b, …), when a member has slope masks
+            of its own (`Observation.slope_counts`); None otherwise and for rates.
     """
 
     exposure_index: Int[Array, " b"]
@@ -83,10 +125,17 @@ class Batch(eqx.Module):
     resolved: bool = eqx.field(static=True)
     kind: str = eqx.field(static=True)
     variance: Float[Array, "b 1 p p"] | None = None
+    counts: SlopeCounts | None = None
 
     @property
     def size(self) -> int:
         return self.slopes.shape[0]
+
+    @property
+    def extra(self):
+        """Per exposure, what the kind's likelihood needs besides data and mask (see
+        `Observation.extra`): the variances or the counts."""
+        return self.variance if self.kind == "rate" else self.counts
 
 
 def make_batches(
@@ -118,6 +167,7 @@ def make_batches(
                 resolved=resolved,
                 kind=kind,
                 variance=_stacked_variance(members),
+                counts=_stacked_counts(members),
             )
         )
     return batches
@@ -128,6 +178,14 @@ def _stacked_variance(members: list[Observation]) -> Float[Array, "b 1 p p"] | N
     if members[0].variance is None:
         return None
     return jnp.asarray(np.stack([o.variance for o in members]), dtype=jnp.float64)
+
+
+def _stacked_counts(members: list[Observation]) -> SlopeCounts | None:
+    """The members' `SlopeCounts` stacked along a leading exposure axis, or None where no
+    member has slope masks of its own (the likelihood then takes the unmasked path)."""
+    if all(o.slope_mask is None for o in members):
+        return None
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[o.slope_counts() for o in members])
 
 
 def exposure_params(params: dict, batch: Batch, i_exposure, i_epoch) -> dict:

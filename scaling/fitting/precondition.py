@@ -40,15 +40,16 @@ diagonal IPC kernel and no brighter-fatter effect, the nominal detector)."""
 
 
 def _whitened_model(model: ExposureModel, params: dict, reference: dict, batch: Batch):
-    """(b, s, p, p) L⁻¹ μ(params) with L from the model at `reference`; 0 on bad pixels."""
+    """(b, s, p, p) L⁻¹ μ(params) with L from the model at `reference`; 0 on bad pixels
+    and masked slopes."""
     kind = LIKELIHOODS[batch.kind]
 
-    def one(p, p0, spec, bad, variance):
+    def one(p, p0, spec, bad, extra):
         mu0 = jax.lax.stop_gradient(kind.mean(model, p0, spec))
-        y = kind.whiten(kind.mean(model, p, spec), mu0, p0, spec, variance, bad)
+        y = kind.whiten(kind.mean(model, p, spec), mu0, p0, spec, extra, bad)
         return jnp.where(bad, 0.0, y)
 
-    whitened = over_exposures(one, batch, (params, reference), batch.bad, batch.variance)
+    whitened = over_exposures(one, batch, (params, reference), batch.bad, batch.extra)
     return batch.weight[:, None, None, None] * whitened
 
 

@@ -13,9 +13,9 @@ from scaling.fitting.objective import LIKELIHOODS, regulariser_terms
 from scaling.fitting.params import Observation, select
 
 
-def _exposure_loss(model, params, i_exp, i_epoch, filt, kind, spec, data, bad, var, diagonal):
+def _exposure_loss(model, params, i_exp, i_epoch, filt, kind, spec, data, bad, extra, diagonal):
     p = select(params, filt, i_exp, i_epoch)
-    return LIKELIHOODS[kind].nll(model, p, spec, data, bad, var, diagonal)
+    return LIKELIHOODS[kind].nll(model, p, spec, data, bad, extra, diagonal)
 
 
 _value_and_grad = eqx.filter_jit(jax.value_and_grad(_exposure_loss, argnums=1))
@@ -45,7 +45,7 @@ def reference_value_and_grad(
             obs.spec,
             jnp.asarray(obs.slopes),
             jnp.asarray(obs.bad),
-            None if obs.variance is None else jnp.asarray(obs.variance, dtype=jnp.float64),
+            obs.extra(),
             diagonal,
         )
         total = total + value

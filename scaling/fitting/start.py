@@ -5,6 +5,8 @@ Shared by the single process (`scaling.fitting.stepper.InProcess`) and the clust
 coordinator and shard workers, so all of them fit the same exposures from the same point.
 """
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +18,9 @@ from scaling.config.roles import ROLES
 from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fitting.engine import FitSettings, join
-from scaling.fitting.params import Observation
+from scaling.fitting.params import Batch, Observation, make_batches
 from scaling.fitting.starfield import find_stars
+from scaling.fitting.validation import split_held_out
 
 _SELECT_FIELDS = {"target": "targets", "filter": "filters", "observation": "observations"}
 
@@ -55,7 +58,8 @@ def open_selection(config: FitConfig) -> Campaign:
 
 def load_observations(campaign: Campaign, names) -> list[Observation]:
     """Observations of the named exposures, read from the store (float64, bool masks); a
-    rate exposure (kind 'rate') brings its rate e-/s and variance (e-/s)², (1, p, p)."""
+    rate exposure (kind 'rate') brings its rate e-/s and variance (e-/s)², (1, p, p);
+    slopes from ramps bring their slope masks and integration counts."""
     records = campaign.read(names)
     observations = []
     for name in names:
@@ -69,10 +73,34 @@ def load_observations(campaign: Campaign, names) -> list[Observation]:
             dither=(info.dither_x, info.dither_y),
         )
         variance = rec.variance if info.kind == "rate" else None
+        masks = {"slope_mask": rec.slope_mask, "counts": rec.counts}
+        masks["pair_counts"] = rec.pair_counts
         observations.append(
-            Observation(name, info.epoch, spec, rec.slope, rec.badpix, info.kind, variance)
+            Observation(name, info.epoch, spec, rec.slope, rec.badpix, info.kind, variance, **masks)
         )
     return observations
+
+
+@dataclass
+class FitData:
+    """What a fit of some exposures works on: the training observations and their
+    batches, and the batches of the held-out validation pixels ([] when none are)."""
+
+    observations: list[Observation]
+    batches: list[Batch]
+    validation: list[Batch]
+
+
+def fit_data(config: FitConfig, campaign: Campaign, names, epochs: list[str]) -> FitData:
+    """The named exposures read from the store, their validation pixels held out as
+    `config.validation_fraction` asks (see `scaling.fitting.validation`), batched."""
+    observations, validation = load_observations(campaign, names), []
+    if config.validation_fraction:
+        observations, held = split_held_out(
+            observations, config.validation_fraction, config.validation_seed
+        )
+        validation = make_batches(held, list(names), epochs)
+    return FitData(observations, make_batches(observations, list(names), epochs), validation)
 
 
 def initial_shared(
@@ -180,7 +208,7 @@ def centroid_position(
     the centroid within a square of half-side `window` pixels (default npix // 4) about
     the last one, so that the frame edge pulls it less towards the centre.
     """
-    light = np.where(observation.bad, 0.0, np.asarray(observation.slopes).mean(axis=0))
+    light = np.where(observation.bad, 0.0, observation.mean_slope())
     light = np.where(np.isfinite(light), np.maximum(light, 0.0), 0.0)  # bad pixels may be NaN
     npix = light.shape[-1]
     half = npix // 4 if window is None else window
@@ -206,8 +234,7 @@ def initial_local(config: FitConfig, observations: list[Observation], n_epochs: 
     the mean slope over the group time).
     """
     rates = [
-        np.sum(np.where(o.bad, 0.0, o.slopes).mean(axis=0))
-        / (1.0 if o.kind == "rate" else float(o.spec.group_time))
+        np.sum(o.mean_slope()) / (1.0 if o.kind == "rate" else float(o.spec.group_time))
         for o in observations
     ]
     n = len(observations)

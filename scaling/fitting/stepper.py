@@ -18,10 +18,9 @@ from scaling.config import FitConfig
 from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fitting.engine import join, make_fitter, renormalise_images, split
-from scaling.fitting.objective import chi_squared_sums, residual_maps
-from scaling.fitting.params import make_batches
+from scaling.fitting.objective import chi_squared_sums, nll_sum, residual_maps
 from scaling.fitting.quasi_newton import lbfgs_refine
-from scaling.fitting.start import initial_params, load_observations, settings_from
+from scaling.fitting.start import fit_data, initial_params, settings_from
 
 
 class WorkerLost(RuntimeError):
@@ -56,6 +55,13 @@ class Stepper(Protocol):
     def residual_maps(self) -> dict[str, np.ndarray]:
         """Exposure name → (p, p) mean whitened residual (NaN on bad pixels)."""
 
+    def validation_nll(self) -> float:
+        """NLL of the held-out validation pixels at the current parameters (NaN when the
+        fit holds none out)."""
+
+    def placement_tags(self) -> dict[str, str]:
+        """Where the fit runs, as MLflow tags (workers' nodes, processes, placement)."""
+
     def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
         """The quasi-Newton stage on parameters `names`; the loss before each iteration
         (fewer than `steps` once it has converged to `tolerance`, see `lbfgs_refine`)."""
@@ -75,8 +81,12 @@ class InProcess:
         self, config: FitConfig, campaign: Campaign, model: ExposureModel, epochs: list[str]
     ):
         self.model, self.epochs = model, epochs
-        self.observations = load_observations(campaign, campaign.names)
-        self.batches = make_batches(self.observations, list(campaign.names), epochs)
+        data = fit_data(config, campaign, campaign.names, epochs)
+        self.observations, self.batches, self.validation = (
+            data.observations,
+            data.batches,
+            data.validation,
+        )
         self.initial = initial_params(config, model, self.observations, epochs, campaign)
         settings = settings_from(config, self.observations, campaign.names[0])
         self.fitter = make_fitter(model, self.initial, self.batches, settings)
@@ -108,6 +118,14 @@ class InProcess:
 
     def residual_maps(self) -> dict[str, np.ndarray]:
         return residual_maps(self.model, self._params, self.observations, self.epochs)
+
+    def placement_tags(self) -> dict[str, str]:
+        return {}
+
+    def validation_nll(self) -> float:
+        if not self.validation:
+            return float("nan")
+        return float(nll_sum(self.model, self._params, self.validation))
 
     def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
         settings = self.fitter.settings

@@ -8,9 +8,12 @@ working directory (artifacts under `mlruns/`); `MLFLOW_TRACKING_URI` or an expli
 import contextlib
 import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
@@ -82,13 +85,14 @@ class MetricLog:
         if len(self.pending) >= self.every * max(len(values), 1):
             self.flush()
 
-    def catch_up(self, history: Mapping[str, Sequence[float]]) -> None:
+    def catch_up(self, history: Mapping[str, Sequence[float]], others: Sequence[str] = ()) -> None:
         """On resuming the run: note which steps of each metric of `history` (name →
-        values of steps 1, 2, …) it holds, and send the ones it lacks (those a killed
-        driver had buffered)."""
+        values of steps 1, 2, …) and of the metrics `others` (logged at some steps) it
+        holds, and send the steps of `history` it lacks (those a killed driver had
+        buffered)."""
         self.logged = {
             name: {m.step for m in self.client.get_metric_history(self.run_id, name)}
-            for name in history
+            for name in [*history, *others]
         }
         for name, values in history.items():
             for step, value in enumerate(values, start=1):
@@ -126,6 +130,54 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def ensure_experiment(uri: str) -> None:
+    """Create the experiment in the store `uri` if it is not there yet (so its artifact
+    location is the store's own default, as for fits logged straight to it)."""
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT)
+
+
+@contextlib.contextmanager
+def local_server(uri: str, timeout_s: float = 120.0) -> Iterator[str]:
+    """An MLflow tracking server on 127.0.0.1 in front of the store `uri` for the block;
+    yields its http URI. Many processes logging at once (a sweep's trials) go through
+    it: one process writes the store (an SQLite file takes one writer at a time)."""
+    ensure_experiment(uri)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--backend-store-uri", uri, "--workers", "1"]
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        began = time.monotonic()
+        while True:
+            if server.poll() is not None:
+                error = server.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"the MLflow server for {uri} stopped: {error}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{address}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            if time.monotonic() - began > timeout_s:
+                raise RuntimeError(f"the MLflow server for {uri} did not start in {timeout_s} s")
+            time.sleep(0.5)
+        yield address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its worker processes
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        server.stderr.close()
+
+
 @contextlib.contextmanager
 def fit_run(
     config: Mapping,
@@ -136,8 +188,8 @@ def fit_run(
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[mlflow.ActiveRun, MetricLog]]:
     """Start (or, with `run_id`, continue) a fit run; on an error mark it FAILED with the
-    error, on Ctrl-C or SIGTERM (see `terminate_as_interrupt`) KILLED, flushing the
-    buffered metrics first."""
+    error; stopped (Ctrl-C, SIGTERM: see `terminate_as_interrupt`; or SystemExit, as Ray
+    Tune ends a trial its scheduler stops) KILLED; the buffered metrics are flushed first."""
     mlflow.set_tracking_uri(tracking_uri(uri))
     mlflow.set_experiment(EXPERIMENT)
     client = MlflowClient()
@@ -155,7 +207,8 @@ def fit_run(
     except BaseException as error:
         metrics.flush()
         mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-        status = RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
+        stopped = isinstance(error, KeyboardInterrupt | SystemExit)
+        status = RunStatus.KILLED if stopped else RunStatus.FAILED
         mlflow.end_run(RunStatus.to_string(status))
         raise
     metrics.flush()
