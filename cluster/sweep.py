@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from scaling.config.load import override
 from scaling.data.results import Results
 from scaling.fit import fit_campaign
 from scaling.fitting.validation import METRIC as VALIDATION
-from scaling.report.compare import compare, find_runs
+from scaling.report.compare import chosen_run, compare, find_runs
 from scaling.report.tracking import EXPERIMENT, flatten, local_server, tracking_uri
 
 DOMAINS = {
@@ -52,6 +51,9 @@ DOMAINS = {
     "loguniform": lambda v: tune.loguniform(*v),
 }
 """Sweep-config domain name → the Tune search-space object of its values."""
+
+TUNE_FOLDER = "tune"
+"""The Tune experiment's folder inside the sweep's (`out`/`name`)."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def run_sweep(path: str, resume: bool = False, verbose: int = 1) -> SweepOutcome
     if not isinstance(sweep, SweepConfig):
         raise ValueError(f"{path}: kind: expected 'sweep', got {sweep.KIND!r}")
     root = (Path(sweep.out) / sweep.name).resolve()
-    tune_dir = root / "tune"
+    tune_dir = root / TUNE_FOLDER
     if resume and not tune.Tuner.can_restore(str(tune_dir)):
         raise ValueError(f"{path}: --resume: no interrupted sweep in {tune_dir}")
     uri = tracking_uri(load_config(sweep.fit).tracking.uri)
@@ -273,7 +275,7 @@ def _run(sweep, path, root, uri, resume, verbose) -> SweepOutcome:
     try:
         trainable = tune.with_parameters(run_trial, plan=plan)
         trainable = tune.with_resources(trainable, _resources(sweep))
-        tune_dir = root / "tune"
+        tune_dir = root / TUNE_FOLDER
         if resume:
             tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_errored=False)
         else:
@@ -318,13 +320,7 @@ def _conclude(client: MlflowClient, sweep: SweepConfig, plan: TrialPlan, root: P
             client.set_tag(run.run_id, "stopped_early", sweep.scheduler)
             client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.KILLED))
     runs = find_runs(client, parent=parent, missing_ok=True)
-    sign = 1 if sweep.mode == "min" else -1
-    finished = [
-        r
-        for r in runs
-        if r.status == "FINISHED" and math.isfinite(r.metrics.get(sweep.metric, math.nan))
-    ]
-    best = min(finished, key=lambda r: sign * r.metrics[sweep.metric], default=None)
+    best = chosen_run(runs, sweep.metric, sweep.mode)
     values = None
     if best is not None:
         values = {key: float(best.params[key]) for key in sweep.space}
@@ -342,7 +338,6 @@ def _conclude(client: MlflowClient, sweep: SweepConfig, plan: TrialPlan, root: P
 
 def sweep_command(args: argparse.Namespace) -> int:
     """Run `scaling sweep`; returns 0 (bad input raises: `scaling.cli.main` reports it)."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     outcome = run_sweep(str(args.config), args.resume, verbose=0 if args.quiet else 1)
     print(f"sweep: {len(outcome.trials)} trials under MLflow run {outcome.parent_run_id}")
     if outcome.best_trial:

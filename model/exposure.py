@@ -20,7 +20,7 @@ from model.likelihood import (
     rate_nll,
 )
 from model.optics import Optics
-from model.ramp import ramp_signal, ramp_slopes
+from model.ramp import ramp_signal
 from model.shared_psf import shared_psf
 from model.source import binary_components, convolve_same, normalise_log_image, rotate_image
 from model.spectrum import Bandpass
@@ -193,14 +193,7 @@ class ExposureModel(eqx.Module):
 
     def slopes(self, params: Params, spec: ExposureSpec) -> Float[Array, "s p p"]:
         """Model group-difference slopes (ngroups-1, p, p), electrons per group."""
-        return ramp_slopes(
-            self.rate(params, spec),
-            spec.ngroups,
-            spec.group_time,
-            params["bfe"],
-            params["ipc"],
-            params["nonlinearity"],
-        )
+        return jnp.diff(self.ramp(params, spec), axis=0)
 
     def nll(
         self,

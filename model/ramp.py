@@ -73,15 +73,3 @@ def ramp_signal(
     """Measured signal at each group read (electrons) of a ramp: BFE → IPC → non-linearity."""
     charge = accumulate(rate, ngroups, group_time, bfe)
     return nonlinearity(apply_ipc(charge, ipc), nonlin)
-
-
-def ramp_slopes(
-    rate: Float[Array, "p p"],
-    ngroups: int,
-    group_time: Float[Array, ""],
-    bfe: Float[Array, "2"],
-    ipc: Float[Array, "3 3"],
-    nonlin: Float[Array, " k"],
-) -> Float[Array, "ngroups-1 p p"]:
-    """Group-difference slopes (electrons per group) of a ramp (`ramp_signal`)."""
-    return jnp.diff(ramp_signal(rate, ngroups, group_time, bfe, ipc, nonlin), axis=0)

@@ -92,7 +92,11 @@ def _demo(args: argparse.Namespace) -> None:
         f"fit       {outcome.step} steps, reduced chi2 {outcome.reduced_chi2:.3f}, pictures in "
         f"{args.out / 'fit'}/, MLflow run {outcome.run_id}  ({time.perf_counter() - start:.1f} s)"
     )
-    for name, value in outcome.truth_metrics.items():
+    _print_truth_metrics(outcome.truth_metrics)
+
+
+def _print_truth_metrics(metrics: dict[str, float]) -> None:
+    for name, value in metrics.items():
         print(f"          {name:40s} {value:.3f}")
 
 
@@ -112,6 +116,7 @@ def _fit(args: argparse.Namespace) -> int:
         f"reduced chi2 {outcome.reduced_chi2:.3f}, results {config.results}, "
         f"MLflow run {outcome.run_id}"
     )
+    _print_truth_metrics(outcome.truth_metrics)
     return 0
 
 

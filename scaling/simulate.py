@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -248,16 +248,16 @@ def _observe(
             dither_x=e.dither[0],
             dither_y=e.dither[1],
         )
-        path = folder / f"{name}{SUFFIXES[readout.products]}"
+        target = _Target(folder / f"{name}{SUFFIXES[readout.products]}", meta, rng, bad)
         if readout.products == RATE:
             mean_rate = np.asarray(_mean_rate(model, params_of(e), spec_of(e)))
-            _write_rate(path, meta, mean_rate, rng, bad, readout)
+            _write_rate(target, mean_rate, readout)
         elif readout.products in RAMPS:
             reads, slopes = (np.asarray(a) for a in _ramp(model, params_of(e), spec_of(e)))
             arrays[f"slopes_{name}"] = slopes
-            arrays[f"cosmic_rays_{name}"] = _write_ramps(path, meta, reads, rng, bad, readout)
+            arrays[f"cosmic_rays_{name}"] = _write_ramps(target, reads, readout)
         else:
-            _write_slopes(path, meta, forward(e)[0][: n - 1], rng, bad, readout)
+            _write_slopes(target, forward(e)[0][: n - 1], readout)
         facts[name] = {"ngroups": n, "peak_charge": peak * group_time * n}
     return facts, arrays
 
@@ -267,67 +267,58 @@ def _hot_values(rng: np.random.Generator, bad: NDArray[np.bool_]) -> NDArray[np.
     return np.exp(rng.uniform(*np.log(HOT_RANGE), size=int(bad.sum())))
 
 
-def _write_slopes(
-    path: Path,
-    meta: ExposureMeta,
-    mean: NDArray[np.float64],
-    rng: np.random.Generator,
-    bad: NDArray[np.bool_],
-    readout: _Readout,
-) -> None:
+class _Target(NamedTuple):
+    """One simulated exposure's file, description, noise generator and bad pixels."""
+
+    path: Path
+    meta: ExposureMeta
+    rng: np.random.Generator
+    bad: NDArray[np.bool_]
+
+
+def _write_slopes(t: _Target, mean: NDArray[np.float64], readout: _Readout) -> None:
     """Our slope file of mean slopes `mean` (ngroups-1, p, p) e-/group, with noise."""
-    data = noisy_slopes(rng, mean, readout.read_noise, meta.nints)
-    data[:, bad] = _hot_values(rng, bad)
-    variance = pipeline_variance(data, readout.read_noise, meta.nints)
-    fields = dataclasses.asdict(meta)
-    write_exposure(path, ExposureRecord(**fields, slope=data, variance=variance, badpix=bad))
+    data = noisy_slopes(t.rng, mean, readout.read_noise, t.meta.nints)
+    data[:, t.bad] = _hot_values(t.rng, t.bad)
+    variance = pipeline_variance(data, readout.read_noise, t.meta.nints)
+    fields = dataclasses.asdict(t.meta)
+    write_exposure(t.path, ExposureRecord(**fields, slope=data, variance=variance, badpix=t.bad))
 
 
-def _write_rate(
-    path: Path,
-    meta: ExposureMeta,
-    mean_rate: NDArray[np.float64],
-    rng: np.random.Generator,
-    bad: NDArray[np.bool_],
-    readout: _Readout,
-) -> None:
+def _write_rate(t: _Target, mean_rate: NDArray[np.float64], readout: _Readout) -> None:
     """A JWST-like `_cal` product of the noiseless rate `mean_rate` (p, p) e-/s, with noise."""
+    meta = t.meta
     span = (meta.ngroups - 1) * meta.group_time
-    rate, poisson, read = noisy_rate(rng, mean_rate, readout.read_noise, meta.nints, span)
-    rate[bad] = _hot_values(rng, bad) / meta.group_time
-    write_rate_product(path, meta, rate, poisson, read, bad, readout.pixel_scale)
+    rate, poisson, read = noisy_rate(t.rng, mean_rate, readout.read_noise, meta.nints, span)
+    rate[t.bad] = _hot_values(t.rng, t.bad) / meta.group_time
+    write_rate_product(t.path, meta, rate, poisson, read, t.bad, readout.pixel_scale)
 
 
 def _write_ramps(
-    path: Path,
-    meta: ExposureMeta,
-    mean_reads: NDArray[np.float64],
-    rng: np.random.Generator,
-    bad: NDArray[np.bool_],
-    readout: _Readout,
+    t: _Target, mean_reads: NDArray[np.float64], readout: _Readout
 ) -> NDArray[np.float64]:
     """A JWST `_uncal` or `_ramp` file of the noiseless reads `mean_reads` (ngroups, p, p)
     e-, with noise, cosmic rays and saturation; returns the cosmic rays (k, 5)."""
     reads, hits = noisy_ramps(
-        rng,
+        t.rng,
         mean_reads,
         readout.read_noise,
-        meta.nints,
+        t.meta.nints,
         readout.well_depth,
         readout.cosmic_ray_rate,
-        meta.group_time,
+        t.meta.group_time,
     )
     jumps = np.zeros(reads.shape, bool)
     jumps[tuple(hits[:, :4].astype(int).T)] = True
     write_ramp_product(
-        path,
-        meta,
+        t.path,
+        t.meta,
         reads,
         readout.pixel_scale,
         readout.products,
         DEFAULT_SATURATION_DN,
         jumps=jumps,
-        bad=bad,
+        bad=t.bad,
     )
     return hits
 

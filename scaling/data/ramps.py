@@ -9,7 +9,11 @@ raw uint16 counts, bias included, and no data-quality arrays; a `_ramp` file (st
    read past the detector's linear range;
 2. a group is saturated where GROUPDQ has SATURATED, or, in a file without GROUPDQ, where
    its DN reach `RampOptions.saturation_dn`; it stays saturated to the end of its
-   integration. GROUPDQ DO_NOT_USE makes a group unusable too;
+   integration, and (by default, `RampOptions.saturated` = "slopes") it counts as
+   saturated in every integration of its pixel: a near-threshold pixel saturates earlier
+   in integrations whose photon noise ran high, so keeping a late group only where it
+   had not saturated would keep the low draws and bias that slope low. GROUPDQ
+   DO_NOT_USE makes a group unusable too;
 3. the differences of adjacent groups times the gain, d_k = (g_k+1 − g_k) × gain, e-: d_k
    is dropped where g_k or g_k+1 is saturated or unusable, or g_k+1 has JUMP_DET;
 4. σ², the read-noise variance per read, is measured from the data: minus the
@@ -145,7 +149,10 @@ def read_ramp(path: str | os.PathLike, gain: float | None, options: RampOptions)
     bad = reference if pixeldq is None else reference | ((pixeldq & DO_NOT_USE) != 0)
     field = "SCI" if groupdq is None else "GROUPDQ"
     _check_saturation(file, saturated, bad, field)
-    if options.saturated == "pixels":
+    if options.saturated == "slopes":
+        saturated = np.broadcast_to(saturated.any(axis=0), saturated.shape)
+        unusable = unusable | saturated
+    elif options.saturated == "pixels":
         bad = bad | saturated.any(axis=(0, 1))
     elif options.saturated == "truncate":
         hit = saturated[:, :, ~bad].any(axis=(0, 2))
