@@ -133,7 +133,7 @@ class RayStepper:
             self.shared_scale = unit_outside(summed, settings.preconditioned)["shared"]
             ray.get([w.start.remote(self.shared_scale) for w in self.workers])
             empty = {"epoch": {}, "exposure": {}}
-            self.initial = jax.device_get(initial_shared(config, model))
+            self.initial = jax.device_get(initial_shared(config, model, campaign))
             self.fitter = make_fitter(
                 model,
                 join({"shared": self.initial}, empty),

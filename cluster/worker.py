@@ -77,12 +77,13 @@ class ShardWorker:
         self.config, self.shard = config, shard
         self.model = config.instrument.build(filters)
         self.epochs = list(shard.epochs)
-        data = fit_data(config, open_selection(config), shard.exposures, self.epochs)
+        campaign = open_selection(config)
+        data = fit_data(config, campaign, shard.exposures, self.epochs)
         self.observations = data.observations
-        self.settings = settings_from(config, self.observations)
+        self.settings = settings_from(config, self.observations, campaign.names[0])
         spread = shard_batches if len(jax.local_devices()) > 1 else list
         self.batches, self.validation = spread(data.batches), spread(data.validation)
-        self.initial = initial_params(config, self.model, self.observations, self.epochs)
+        self.initial = initial_params(config, self.model, self.observations, self.epochs, campaign)
         self.fisher = initial_scale(self.model, self.initial, self.batches, self.settings)
         self.fitter = None
 

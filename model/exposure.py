@@ -21,6 +21,7 @@ from model.likelihood import (
 )
 from model.optics import Optics
 from model.ramp import ramp_signal
+from model.shared_psf import shared_psf
 from model.source import binary_components, convolve_same, normalise_log_image, rotate_image
 from model.spectrum import Bandpass
 
@@ -32,6 +33,8 @@ PARAMETER_UNITS = {
     "positions": "(k, 2) offsets of k point sources (star field), arcsec",
     "log_flux": "() log10 of the source's total count rate (a binary: both stars), e-/s",
     "log_fluxes": "(k,) log10 count rates of k point sources, e-/s",
+    "pointing": "(2,) star field: the exposure's pointing offset beyond its known dither, arcsec",
+    "log_scale": "() star field: log10 of the exposure's flux scale (0: nominal), dex",
     "spectral_slope": "() power-law index of the spectrum across the band",
     "separation": "() binary: companion's distance from the primary (at `position`), mas",
     "position_angle": "() binary: companion's direction, degrees east of north on the sky",
@@ -45,6 +48,35 @@ PARAMETER_UNITS = {
     "jitter": "() Gaussian pointing jitter sigma, detector pixels",
     "read_noise": "() read noise per read, e-",
 }
+
+
+def star_field(params: Params) -> tuple[Float[Array, "k 2"], Float[Array, " k"]]:
+    """(offsets (k, 2) arcsec before the known dither, count rates (k,) e-/s) of a star
+    field: the stars' `positions` moved by the exposure's `pointing`, their rates scaled
+    by its `log_scale`."""
+    offsets = params["positions"] + params["pointing"][None, :]
+    return offsets, 10.0 ** (params["log_fluxes"] + params["log_scale"])
+
+
+def point_sources(
+    params: Params, spec: "ExposureSpec"
+) -> tuple[Float[Array, "k 2"], Float[Array, " k"]]:
+    """(offsets (k, 2) from the grid centre incl. the known dither, arcsec; count rates
+    (k,) e-/s) of a point-like scene: a star field, a binary or one point source."""
+    if "positions" in params:
+        offsets, fluxes = star_field(params)
+    elif "separation" in params:
+        offsets, fluxes = binary_components(
+            params["position"],
+            params["log_flux"],
+            params["separation"],
+            params["position_angle"],
+            params["contrast"],
+            spec.roll,
+        )
+    else:
+        offsets, fluxes = params["position"][None, :], (10.0 ** params["log_flux"])[None]
+    return offsets + spec.dither[None, :], fluxes
 
 
 class ExposureSpec(eqx.Module):
@@ -80,11 +112,17 @@ class ExposureModel(eqx.Module):
         optics: pupil and focal-plane sampling (oversampled grid of `npix * oversample`).
         bandpasses: filter name → sampled bandpass.
         oversample: optical pixels per detector pixel (per axis).
+        psf_pad: 0 renders every point source by its own MFT (exact); > 0 renders star
+            fields and point sources from one PSF per wavelength on the optical grid
+            padded by this many optical pixels a side, shifted in the Fourier domain
+            (`model.shared_psf`; sources must stay within `psf_pad` pixels of the
+            centre). Resolved sources are always exact.
     """
 
     optics: Optics
     bandpasses: dict[str, Bandpass]
     oversample: int = eqx.field(static=True)
+    psf_pad: int = eqx.field(static=True, default=0)
 
     @property
     def npix(self) -> int:
@@ -99,12 +137,16 @@ class ExposureModel(eqx.Module):
         """
         band = self.bandpasses[spec.filter]
         weights = band.weights(params["spectral_slope"])
+        if self.psf_pad and "log_image" not in params:
+            offsets, fluxes = point_sources(params, spec)
+            psf = shared_psf(self.optics, band.wavelengths, params["aberrations"], self.psf_pad)
+            return psf.render(weights, offsets, fluxes)
         psf_at = lambda pos: self.optics.psf(  # noqa: E731
             band.wavelengths, weights, params["aberrations"], pos + spec.dither
         )
         if "positions" in params:
-            psfs = jax.vmap(psf_at)(params["positions"])
-            return jnp.tensordot(10.0 ** params["log_fluxes"], psfs, axes=1)
+            offsets, fluxes = star_field(params)
+            return jnp.tensordot(fluxes, jax.vmap(psf_at)(offsets), axes=1)
         if "separation" in params:
             positions, fluxes = binary_components(
                 params["position"],

@@ -37,18 +37,24 @@ def field_model(
     zernike_js: tuple[int, ...] = (4, 5, 6, 7, 8, 9, 10),
     filters: tuple[str, ...] = ("F430M",),
     pixel_scale: float = 0.375,
+    vane_width: float = 0.0,
+    psf_pad: int = 0,
 ) -> ExposureModel:
     """A filled circular telescope imaging a star field (the pixel-calibration workload).
 
     Defaults: a 1 m aperture at 4.3 µm is Nyquist-sampled at ~0.44 arcsec, so detector
-    pixels of 0.375 arcsec with 2× oversampling resolve the PSF.
+    pixels of 0.375 arcsec with 2× oversampling resolve the PSF. `vane_width` (metres):
+    three spider vanes (`model.pupil.circular_pupil`); `psf_pad` (optical pixels): render
+    the stars from one shared PSF per wavelength (`ExposureModel.psf_pad`), 0: one MFT
+    per star.
     """
     optics = Optics(
-        circular_pupil(pupil_npix, diameter, zernike_js),
+        circular_pupil(pupil_npix, diameter, zernike_js, vane_width),
         npix * oversample,
         pixel_scale / oversample,
     )
-    return ExposureModel(optics, {f: bandpass(f, nwavels) for f in filters}, oversample)
+    bandpasses = {f: bandpass(f, nwavels) for f in filters}
+    return ExposureModel(optics, bandpasses, oversample, psf_pad)
 
 
 def nominal_detector(npix: int, nonlinearity_terms: int = 2) -> dict:

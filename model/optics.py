@@ -62,7 +62,17 @@ class Optics(eqx.Module):
         Returns:
             (psf_npix, psf_npix) fraction of the source flux per oversampled pixel.
         """
+        fields = self.monochromatic(wavelengths, coefficients, position)
+        return jnp.tensordot(weights, fields, axes=1)
+
+    def monochromatic(
+        self,
+        wavelengths: Float[Array, " nwavels"],
+        coefficients: Float[Array, " nterms"],
+        position: Float[Array, "2"],
+    ) -> Float[Array, "nwavels m m"]:
+        """(nwavels, psf_npix, psf_npix) PSF of each wavelength alone (each sums to 1 over
+        a full period for an open pupil); arguments as `psf`."""
         opd = self.pupil.opd(coefficients)
         shift = position / self.psf_pixel_scale
-        fields = jax.vmap(lambda w: self._field(w, opd, shift))(wavelengths)
-        return jnp.tensordot(weights, fields, axes=1)
+        return jax.vmap(lambda w: self._field(w, opd, shift))(wavelengths)

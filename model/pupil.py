@@ -155,10 +155,32 @@ def circular_pupil(
     npix: int = 128,
     diameter: float = 1.0,
     zernike_js: tuple[int, ...] = (4, 5, 6, 7, 8, 9, 10),
+    vane_width: float = 0.0,
 ) -> Pupil:
-    """A filled circular aperture with a Zernike (Noll `zernike_js`) basis over it."""
+    """A filled circular aperture with a Zernike (Noll `zernike_js`) basis over it.
+
+    With `vane_width` > 0 (metres), three spider vanes from the centre at 90°, 210° and
+    330° block the aperture. They make it asymmetric under a half turn: the PSF of a
+    centro-symmetric pupil is the same for an OPD φ(r) and -φ(-r), so the signs of the
+    even Zernike terms (defocus, astigmatism, …) could not be told apart from in-focus
+    images.
+    """
     coords = _coords(npix, diameter)
     pixel_scale = diameter / npix
     mask = dlu.soft_circle(coords, diameter / 2, clip_dist=pixel_scale / 2)
+    if vane_width > 0:
+        mask = mask * _vanes(coords, vane_width, pixel_scale)
     basis = _zernike_basis(zernike_js, coords, diameter) * (mask > 0)[None] * NM
     return make_pupil(mask, basis, pixel_scale)
+
+
+def _vanes(coords: Float[Array, "2 n n"], width: float, soft: float) -> Float[Array, "n n"]:
+    """Transmission (n, n) of three radial vanes of `width` metres at 90°, 210°, 330°."""
+    x, y = coords
+    clear = jnp.ones_like(x)
+    for angle in np.deg2rad([90.0, 210.0, 330.0]):
+        along = x * np.cos(angle) + y * np.sin(angle)
+        across = -x * np.sin(angle) + y * np.cos(angle)
+        blocked = jnp.clip((width / 2 - jnp.abs(across)) / soft + 0.5, 0.0, 1.0)
+        clear = clear * (1.0 - jnp.where(along > 0, blocked, 0.0))
+    return clear

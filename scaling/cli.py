@@ -9,6 +9,8 @@
     scaling export RESULTS --fits DIR        epoch images of a results store → FITS with WCS
     scaling fit CONFIG.toml [--resume]       fit a campaign store, log the run to MLflow
     scaling bench CONFIG.toml --out FILE     time the engine against the plain loop (JSON)
+    scaling flatbench SIM.toml FIT.toml --out FILE   the star-field fit beside the seed loop
+    scaling dithers SIM.toml FIT.toml --out DIR      flat error against the number of dithers
     scaling study jw01093 --data DIR --out DIR   the JWST program 1093 study (tables)
     scaling compare RUN_ID... --out DIR      fits side by side: images, differences,
                                              metrics table, L-curve (also --sweep ID)
@@ -29,6 +31,8 @@ from scaling.data.export import add_export_parser
 from scaling.data.ingest import add_ingest_parser
 from scaling.data.inspect import add_inspect_parser
 from scaling.data.products import PRODUCTS, SLOPES
+from scaling.dithers import add_dithers_parser
+from scaling.flatbench import add_flatbench_parser
 from scaling.simulate import simulate
 
 EXIT_USAGE = 2
@@ -211,6 +215,8 @@ def _parser(more_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
     add_inspect_parser(commands)
     add_export_parser(commands)
     add_bench_parser(commands)
+    add_flatbench_parser(commands)
+    add_dithers_parser(commands)
     _add_compare_parser(commands)
     fit = commands.add_parser("fit", help="fit a campaign store (kind = 'fit' config)")
     fit.add_argument("config", type=Path, help="TOML fit config (see configs/)")

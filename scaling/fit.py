@@ -31,6 +31,7 @@ from scaling.fitting.start import open_selection
 from scaling.fitting.stepper import InProcess, Stepper, StepperFactory, WorkerLost
 from scaling.fitting.validation import METRIC as VALIDATION
 from scaling.report.fit_plots import write_fit_pictures
+from scaling.report.flatfield import flatfield_comparison, is_star_field, write_flatfield_pictures
 from scaling.report.tracking import fit_run, tracking_uri
 from scaling.report.truth import truth_comparison
 
@@ -129,9 +130,7 @@ def _fit(
         chi2_sum, count = stepper.chi_squared()
         chi2 = chi2_sum / count
         mlflow.log_metric("reduced_chi2", chi2, step=result.step)
-        truth_metrics = (
-            truth_comparison(config.truth, model, result, epochs) if config.truth else {}
-        )
+        truth_metrics = _truth_metrics(config, model, result, epochs)
         mlflow.log_metrics(truth_metrics, step=result.step)
         _save(results, model, result, campaign, epochs, list(campaign.names))
         _log_artifacts(config, model, result, stepper.residual_maps(), epochs, pictures)
@@ -144,6 +143,15 @@ def _fit(
             truth_metrics,
             stepper.validation_nll(),
         )
+
+
+def _truth_metrics(config, model, result, epochs) -> dict[str, float]:
+    """How the fit compares with the simulation's truth ({} without one)."""
+    if not config.truth:
+        return {}
+    if is_star_field(config.truth):
+        return flatfield_comparison(config.truth, model, result.params)
+    return truth_comparison(config.truth, model, result, epochs)
 
 
 def _steps(
@@ -208,7 +216,7 @@ def _arrays(history: dict[str, list[float]]) -> dict[str, np.ndarray]:
 def _save(results: Results, model, result, campaign: Campaign, epochs, names) -> None:
     pixel_scale = model.optics.psf_pixel_scale
     images = []
-    for i, epoch in enumerate(epochs):
+    for i, epoch in enumerate(epochs if "log_image" in result.params["epoch"] else []):
         members = [campaign.info(n) for n in campaign.epochs[epoch]]
         image = np.asarray(normalise_log_image(result.params["epoch"]["log_image"][i]))
         images.append(
@@ -241,4 +249,6 @@ def _log_artifacts(config, model, result, residuals, epochs, pictures) -> None:
         pictures = write_fit_pictures(
             pictures or folder / "pictures", model, result, residuals, epochs, config.truth or None
         )
+        if config.truth and is_star_field(config.truth):
+            write_flatfield_pictures(pictures, model, result.params, config.truth)
         mlflow.log_artifacts(str(pictures), "pictures")

@@ -234,7 +234,7 @@ def _observe(
             filter=e.filter,
             pupil=readout.pupil,
             target=e.target,
-            is_psf=e.role == "calibrator",
+            is_psf=e.role != "science",
             expmid=e.expmid,
             roll=e.roll,
             nints=e.nints,
@@ -531,9 +531,13 @@ def _simulate_flatfield(
 ) -> list[str]:
     """Simulate the dithered star-field workload into `folder` as `products`; returns the
     exposure names."""
-    truth_seed, bad_seed, noise_seed = np.random.SeedSequence(cfg.seed).spawn(3)
+    truth_seed, bad_seed, noise_seed, pointing_seed = np.random.SeedSequence(cfg.seed).spawn(4)
     rng = np.random.default_rng(truth_seed)
     ins, stars = cfg.instrument, cfg.stars
+    dithers = cfg.dither_offsets()
+    pointing_rng = np.random.default_rng(pointing_seed)
+    pointings = cfg.pointing_scatter * pointing_rng.standard_normal((len(dithers), 2))
+    log_scales = cfg.flux_scale_scatter * pointing_rng.standard_normal(len(dithers))
     model = ins.build((cfg.filter,))
     aberrations = np.asarray(
         model.optics.pupil.canonical(cfg.aberration_rms * rng.standard_normal(ins.n_zernikes))
@@ -553,12 +557,16 @@ def _simulate_flatfield(
             "spectral_slope": 0.0,
         }
     )
+    local = [
+        _arrays({"pointing": pointing, "log_scale": scale})
+        for pointing, scale in zip(pointings, log_scales, strict=True)
+    ]
     duration = cfg.nints * cfg.ngroups * ins.group_time / 86400  # days
     plan = [
         _Planned(
             role="field",
             target="FIELD",
-            epoch=0,
+            epoch=None,
             filter=cfg.filter,
             expmid=cfg.start_mjd + d * duration,
             roll=0.0,
@@ -566,24 +574,26 @@ def _simulate_flatfield(
             ngroups=cfg.ngroups,
             observation=1,
             exposure=d + 1,
-            dither=dither,
+            dither=tuple(dither),
+            local=local[d],
         )
-        for d, dither in enumerate(cfg.dithers)
+        for d, dither in enumerate(dithers)
     ]
     names = [exposure_name(cfg.program, e.observation, e.exposure) for e in plan]
     readout = _Readout(
         cfg.read_noise, ins.group_time, math.inf, "CLEAR", cfg.program, ins.pixel_scale, products
     )
     facts, ramps = _observe(
-        model, plan, names, lambda e: params, bad, readout, noise_seed, folder, progress
-    )
+        model, plan, names, lambda e: {**params, **e.local}, bad, readout, noise_seed, folder,
+        progress,
+    )  # fmt: skip
     truth = {
         "kind": cfg.KIND,
         "detector_pixel_scale": ins.pixel_scale,
         "filters": [cfg.filter],
         "read_noise": cfg.read_noise,
-        "epochs": [{"name": "field", "mjd": cfg.start_mjd}],
-        "exposure_epoch": dict.fromkeys(names, "field"),
+        "epochs": [],
+        "exposure_epoch": dict.fromkeys(names),
         "exposures": _exposure_table(plan, names, facts, SUFFIXES[products]),
         "config": config_to_dict(cfg),
     }
@@ -592,7 +602,9 @@ def _simulate_flatfield(
         "log_fluxes": log_fluxes,
         "aberrations": aberrations,
         "flat": flat,
-        "dithers": np.asarray(cfg.dithers, dtype=np.float64),
+        "dithers": dithers,
+        "pointings": pointings,
+        "log_scales": log_scales,
         "bad_pixels": bad,
         **ramps,
     }

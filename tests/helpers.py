@@ -85,6 +85,8 @@ def generic_field_params(seed: int = 0) -> dict[str, jax.Array]:
     params.update(
         positions=jnp.array([[-1.1, 0.6], [0.9, 1.2], [0.3, -1.4]]),
         log_fluxes=jnp.array([4.6, 4.9, 4.3]),
+        pointing=jnp.array([0.07, -0.05]),
+        log_scale=jnp.asarray(0.02),
         spectral_slope=jnp.asarray(-0.4),
         aberrations=jnp.asarray(25.0 * rng.standard_normal(7)),
     )

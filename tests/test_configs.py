@@ -11,6 +11,7 @@ from scaling.config import (
     ConfigError,
     FitConfig,
     FlatFieldConfig,
+    StarFieldFitConfig,
     SweepConfig,
     config_to_dict,
     load_config,
@@ -32,7 +33,9 @@ def write(tmp_path: Path, text: str) -> Path:
 )
 def test_every_shipped_config_parses(path):
     config = load_config(path)
-    if path.stem.endswith("_fit"):
+    if path.stem.startswith("flatfield") and path.stem.endswith("_fit"):
+        expected = StarFieldFitConfig
+    elif path.stem.endswith("_fit"):
         expected = FitConfig
     elif "sweep" in path.stem:
         expected = SweepConfig

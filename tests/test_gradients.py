@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model import PARAMETER_UNITS
+from model import PARAMETER_UNITS, ExposureModel
 from tests.helpers import (
     NPIX,
     ami_spec,
@@ -35,6 +35,8 @@ STEPS = {
     "positions": 5e-4,  # arcsec (field PSF core ≈ 0.9 arcsec)
     "log_flux": 1e-3,  # dex
     "log_fluxes": 1e-3,  # dex
+    "pointing": 5e-4,  # arcsec
+    "log_scale": 1e-3,  # dex
     "spectral_slope": 3e-2,
     "aberrations": 1e-1,  # nm (coefficients are tens of nm)
     "log_image": 3e-3,
@@ -65,7 +67,8 @@ AMI_GROUPS = [
     "read_noise",
 ]
 POINT_GROUPS = ["position", "log_flux", "spectral_slope", "aberrations"]
-FIELD_GROUPS = ["positions", "log_fluxes", "aberrations", "flat"]
+FIELD_GROUPS = ["positions", "log_fluxes", "pointing", "log_scale", "aberrations", "flat"]
+SHARED_PSF_GROUPS = ["positions", "pointing", "aberrations"]
 BINARY_GROUPS = ["separation", "position_angle", "contrast", "position", "log_flux"]
 
 
@@ -125,6 +128,13 @@ def field_problem(field, field_params):
     return Problem(field, field_params, field_spec(), seed=3)
 
 
+@pytest.fixture(scope="module")
+def shared_psf_problem(field, field_params):
+    """The star field rendered from the shared PSF (`model.shared_psf`)."""
+    shared = ExposureModel(field.optics, field.bandpasses, field.oversample, NPIX + 8)
+    return Problem(shared, field_params, field_spec(), seed=5)
+
+
 def _check_group(problem: Problem, name: str, seed: int):
     value = problem.params[name]
     rng = np.random.default_rng(seed)
@@ -164,3 +174,8 @@ def test_binary_gradient(binary_problem, name):
 @pytest.mark.parametrize("name", FIELD_GROUPS)
 def test_star_field_gradient(field_problem, name):
     _check_group(field_problem, name, seed=11)
+
+
+@pytest.mark.parametrize("name", SHARED_PSF_GROUPS)
+def test_shared_psf_star_field_gradient(shared_psf_problem, name):
+    _check_group(shared_psf_problem, name, seed=15)

@@ -67,6 +67,8 @@ LAYERS = {
     "scaling.cli": 5,
     "scaling.fit": 5,
     "scaling.bench": 5,
+    "scaling.flatbench": 5,
+    "scaling.dithers": 5,
     "scaling.simulate": 5,
     "scaling.study": 5,
     "cluster": 6,

@@ -13,6 +13,7 @@ from scaling.config.fitting import (
     OptimiserConfig,
     QuasiNewtonConfig,
     SelectConfig,
+    StarFieldFitConfig,
     TrackingConfig,
 )
 from scaling.config.load import KINDS, Config, config_to_dict, load_config, parse_config
@@ -48,6 +49,7 @@ __all__ = [
     "QuasiNewtonConfig",
     "SelectConfig",
     "StarFieldConfig",
+    "StarFieldFitConfig",
     "SweepConfig",
     "TrackingConfig",
     "TruthConfig",

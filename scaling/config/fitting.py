@@ -9,7 +9,7 @@ import optax
 from model.regularisers import REGULARISERS
 from scaling.config.checks import check_filter, non_negative, positive_ints, require
 from scaling.config.roles import ROLES
-from scaling.config.simulation import InstrumentConfig
+from scaling.config.simulation import FieldInstrumentConfig, InstrumentConfig
 
 # --- a fit ----------------------------------------------------------------------------
 
@@ -247,3 +247,44 @@ class FitConfig:
             require(0 <= weight < math.inf, key, "a finite weight >= 0", weight)
         for name in self.optimisers:
             require(name in ROLES, f"optimisers.{name}", f"one of {sorted(ROLES)}", name)
+
+
+def _star_field_optimisers() -> dict[str, OptimiserConfig]:
+    return {
+        "positions": OptimiserConfig("sgd", 0.5, precondition=True),
+        "log_fluxes": OptimiserConfig("sgd", 0.5, precondition=True),
+        "aberrations": OptimiserConfig("sgd", 0.5, 5, precondition=True),
+        "pointing": OptimiserConfig("sgd", 0.5, precondition=True),
+        "log_scale": OptimiserConfig("sgd", 0.5, precondition=True),
+        "flat": OptimiserConfig("adam", 2e-3, 20),
+    }
+
+
+@dataclass(frozen=True)
+class StarFieldFitConfig(FitConfig):
+    """A pixel-calibration fit of dithered star-field exposures (`kind = "flatfield_fit"`).
+
+    As `FitConfig`, with the filled-aperture `instrument` (`FieldInstrumentConfig`) and
+    `stars`: how many stars the fit finds in the campaign's first exposure to start from
+    (`scaling.fitting.starfield`). Shared: `flat`, `aberrations`, the stars' `positions`
+    and `log_fluxes`; per exposure: `pointing` (about the known dither, DITHX/DITHY) and
+    `log_scale`, both held at 0 in the first exposure (they and the stars' positions and
+    fluxes would otherwise trade off freely). No epoch images, so no regularisers.
+    """
+
+    KIND: ClassVar[str] = "flatfield_fit"
+
+    campaign: str = "out/flatfield_demo/campaign.zarr"
+    results: str = "out/flatfield_demo/results.zarr"
+    jitter: float = 1e-3
+    regularisers: dict[str, float] = field(default_factory=dict)
+    optimisers: dict[str, OptimiserConfig] = field(default_factory=_star_field_optimisers)
+    instrument: FieldInstrumentConfig = field(default_factory=FieldInstrumentConfig)
+    stars: int = 15
+
+    def __post_init__(self):
+        super().__post_init__()
+        positive_ints(self, "stars")
+        require(not self.regularisers, "regularisers", "none (no image)", dict(self.regularisers))
+        separation = self.binary.separation
+        require(not self.binary.enabled, "binary.separation", "0 for a star field", separation)

@@ -2,10 +2,11 @@
 
 A file names what it describes with a top-level `kind`: "io" (an AMI campaign of Io and
 calibrators, `CampaignConfig`), "flatfield" (a dithered star field for pixel
-calibration, `FlatFieldConfig`), "fit" (`FitConfig`) or "sweep" (`SweepConfig`). Every
-key but a sweep's `fit` has a default, so a file holding only `kind` is valid. An unknown
-key, a wrong type or an invalid value is a `ConfigError` (a ValueError) naming the file,
-the dotted key and what was expected.
+calibration, `FlatFieldConfig`), "fit" (`FitConfig`), "flatfield_fit" (a fit of such a
+field, `StarFieldFitConfig`) or "sweep" (`SweepConfig`). Every key but a sweep's `fit` has
+a default, so a file holding only `kind` is valid. An unknown key, a wrong type or an
+invalid value is a `ConfigError` (a ValueError) naming the file, the dotted key and what
+was expected.
 """
 
 import dataclasses
@@ -15,13 +16,13 @@ import typing
 from typing import Any
 
 from scaling.config.checks import ConfigError, mismatch
-from scaling.config.fitting import FitConfig
+from scaling.config.fitting import FitConfig, StarFieldFitConfig
 from scaling.config.simulation import CampaignConfig, FlatFieldConfig
 from scaling.config.sweep import SweepConfig
 
 Config = CampaignConfig | FlatFieldConfig | FitConfig | SweepConfig
 KINDS: dict[str, type[Config]] = {
-    c.KIND: c for c in (CampaignConfig, FlatFieldConfig, FitConfig, SweepConfig)
+    c.KIND: c for c in (CampaignConfig, FlatFieldConfig, FitConfig, StarFieldFitConfig, SweepConfig)
 }
 
 # --- loading ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 class Role:
     """part: "shared", "epoch" or "exposure"; per_filter: one value per filter (shared);
     source: a shared parameter of the target, not of the instrument (a binary's), which a
-    calibration from another star never carries (`FitConfig.calibration`)."""
+    calibration from another star never carries (`FitConfig.calibration`): a binary's, a
+    star field's stars (the same sky in every dither, so shared)."""
 
     part: str
     per_filter: bool = False
@@ -30,6 +31,8 @@ ROLES: dict[str, Role] = {
     "dark": Role("shared"),
     "jitter": Role("shared"),
     "read_noise": Role("shared"),
+    "positions": Role("shared", source=True),
+    "log_fluxes": Role("shared", source=True),
     "separation": Role("shared", source=True),
     "position_angle": Role("shared", source=True),
     "contrast": Role("shared", per_filter=True, source=True),
@@ -37,7 +40,7 @@ ROLES: dict[str, Role] = {
     "position": Role("exposure"),
     "log_flux": Role("exposure"),
     "spectral_slope": Role("exposure"),
-    "positions": Role("exposure"),
-    "log_fluxes": Role("exposure"),
+    "pointing": Role("exposure"),
+    "log_scale": Role("exposure"),
 }
 """Role of every fitted parameter name."""

@@ -5,6 +5,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from model import ExposureModel, ami_model, field_model
 from model.constants import PIXEL_SCALE
 from scaling.config.checks import check_filter, non_negative, positive_ints, require
@@ -233,7 +235,11 @@ class FieldInstrumentConfig:
     """Sizes of the filled-aperture imager (see `model.field_model`).
 
     diameter: aperture, metres; pixel_scale: detector pixel, arcsec; n_zernikes:
-    aberration terms (Noll 4 onwards); group_time: seconds between reads.
+    aberration terms (Noll 4 onwards); group_time: seconds between reads; vane_width:
+    three spider vanes, metres (0: none; they break the sign ambiguity of even Zernikes);
+    psf_pad: 0 renders each star by its own MFT, > 0 from one shared PSF per wavelength
+    on the optical grid padded by this many optical pixels a side (stars and dithers
+    must stay within it; see `model.shared_psf`).
     """
 
     npix: int = 64
@@ -244,9 +250,13 @@ class FieldInstrumentConfig:
     pixel_scale: float = 0.375
     n_zernikes: int = 7
     group_time: float = 1.0
+    vane_width: float = 0.0
+    psf_pad: int = 0
 
     def __post_init__(self):
         positive_ints(self, "oversample", "nwavels", "n_zernikes")
+        positive_ints(self, "psf_pad", minimum=0)
+        non_negative(self, "vane_width")
         positive_ints(self, "npix", "pupil_npix", minimum=8)
         for name in ("diameter", "pixel_scale", "group_time"):
             require(getattr(self, name) > 0, name, "a number > 0", getattr(self, name))
@@ -256,7 +266,7 @@ class FieldInstrumentConfig:
         zernikes = tuple(range(4, 4 + self.n_zernikes))
         return field_model(
             self.npix, self.oversample, self.pupil_npix, self.nwavels, self.diameter, zernikes,
-            tuple(filters), self.pixel_scale,
+            tuple(filters), self.pixel_scale, self.vane_width, self.psf_pad,
         )  # fmt: skip
 
 
@@ -281,9 +291,14 @@ class StarFieldConfig:
 class FlatFieldConfig:
     """A star field observed at several known dithers, to calibrate the pixel response.
 
-    dithers: (x, y) pointing offsets, arcsec, one exposure each; aberration_rms: nm;
-    pixel_response_scatter: rms of the true flat field; read_noise: e- per read;
-    bad_pixel_fraction: random bad pixels (the outermost ring is always bad).
+    dithers: (x, y) pointing offsets, arcsec, one exposure each; dither_count: when > 0,
+    that many dithers instead, the first at (0, 0) and the others drawn uniformly in a
+    centred square of side `dither_size` arcsec (seeded; a smaller count gives the first
+    dithers of a larger one); pointing_scatter: rms error of each exposure's pointing about its
+    known dither, arcsec; flux_scale_scatter: rms of each exposure's flux scale, dex;
+    aberration_rms: nm; pixel_response_scatter: rms of the true flat field; read_noise:
+    e- per read; bad_pixel_fraction: random bad pixels (the outermost ring is always bad).
+    Field exposures are written as calibration exposures (IS_PSF), one unit each.
     """
 
     KIND: ClassVar[str] = "flatfield"
@@ -305,6 +320,10 @@ class FlatFieldConfig:
         (0.7, -0.5),
         (-0.6, -0.3),
     )
+    dither_count: int = 0
+    dither_size: float = 2.0
+    pointing_scatter: float = 0.0
+    flux_scale_scatter: float = 0.0
     instrument: FieldInstrumentConfig = field(default_factory=FieldInstrumentConfig)
     stars: StarFieldConfig = field(default_factory=StarFieldConfig)
 
@@ -319,3 +338,14 @@ class FlatFieldConfig:
         f = self.bad_pixel_fraction
         require(0 <= f < 1, "bad_pixel_fraction", "a number in [0, 1)", f)
         require(len(self.dithers) > 0, "dithers", "at least one [x, y] dither", self.dithers)
+        positive_ints(self, "dither_count", minimum=0)
+        non_negative(self, "dither_size", "pointing_scatter", "flux_scale_scatter")
+
+    def dither_offsets(self) -> np.ndarray:
+        """(n, 2) dithers, arcsec: `dithers`, or `dither_count` drawn from the seed."""
+        if not self.dither_count:
+            return np.asarray(self.dithers, dtype=np.float64)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 15]))
+        half = self.dither_size / 2
+        drawn = rng.uniform(-half, half, (self.dither_count, 2))
+        return np.concatenate([np.zeros((1, 2)), drawn[:-1]])

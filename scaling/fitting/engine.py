@@ -29,7 +29,7 @@ from scaling.config import OptimiserConfig
 from scaling.fitting.objective import loss_terms
 from scaling.fitting.optimisers import build_optimiser
 from scaling.fitting.params import Batch
-from scaling.fitting.precondition import fisher_diagonal
+from scaling.fitting.precondition import fisher_diagonal, floor_pixel_local
 
 LOCAL = ("epoch", "exposure")
 
@@ -204,6 +204,7 @@ def make_fitter(
     """Build the optimisers and the Fisher scaling (computed at `params` unless given)."""
     if scale is None:
         scale = initial_scale(model, params, batches, settings)
+    scale = floor_pixel_local(scale)
     shared, local = split(params)
     weights = {k: jnp.asarray(w, dtype=jnp.float64) for k, w in settings.reg_weights.items()}
     return Fitter(

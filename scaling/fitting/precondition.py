@@ -24,11 +24,19 @@ PRECONDITIONED = (
     "aberrations",
     "positions",
     "log_fluxes",
+    "pointing",
+    "log_scale",
     "separation",
     "position_angle",
     "contrast",
 )
 """Default parameters scaled by their inverse Fisher diagonal."""
+
+PIXEL_LOCAL = ("flat",)
+"""Shared per-pixel maps whose element i moves only pixel i's model data (up to the IPC
+and brighter-fatter coupling of neighbours): their Fisher diagonal is one JVP along all
+ones, F_ii = Σ_exposures Σ_slopes (L⁻¹ J 1)²_i, not one JVP per pixel (exact for a
+diagonal IPC kernel and no brighter-fatter effect, the nominal detector)."""
 
 
 def _whitened_model(model: ExposureModel, params: dict, reference: dict, batch: Batch):
@@ -50,6 +58,20 @@ def _squared_column(model: ExposureModel, params: dict, tangent: dict, batch: Ba
     """(b,) Σ_pixels (L⁻¹ J t)² per exposure for a tangent t of the parameters."""
     _, jy = jax.jvp(lambda p: _whitened_model(model, p, params, batch), (params,), (tangent,))
     return jnp.sum(jy**2, axis=(1, 2, 3))
+
+
+@eqx.filter_jit
+def _squared_pixels(model: ExposureModel, params: dict, tangent: dict, batch: Batch):
+    """(p, p) Σ_exposures Σ_slopes (L⁻¹ J t)² per pixel for a tangent t."""
+    _, jy = jax.jvp(lambda p: _whitened_model(model, p, params, batch), (params,), (tangent,))
+    return jnp.sum(jy**2, axis=(0, 1))
+
+
+def _pixel_local_diagonal(model, params: dict, name: str, batches: list[Batch]):
+    """Fisher diagonal (p, p) of the shared per-pixel map `name` (see `PIXEL_LOCAL`)."""
+    tangent = jax.tree.map(jnp.zeros_like, params)
+    tangent["shared"][name] = jnp.ones_like(params["shared"][name])
+    return sum(_squared_pixels(model, params, tangent, b) for b in batches)
 
 
 def _basis(params: dict, part: str, name: str, filt: str | None):
@@ -82,6 +104,9 @@ def fisher_diagonal(
             if name not in names:
                 continue
             leaf = params[part][name]
+            if part == "shared" and name in PIXEL_LOCAL:
+                fisher[part][name] = _pixel_local_diagonal(model, params, name, batches)
+                continue
             for filt in leaf if isinstance(leaf, dict) else [None]:
                 target = leaf if filt is None else leaf[filt]
                 diag = jnp.zeros_like(target)
@@ -105,6 +130,21 @@ def fisher_diagonal(
                 else:
                     fisher[part][name][filt] = diag
     return fisher
+
+
+PIXEL_FLOOR = 1e-4
+"""A pixel-local Fisher diagonal is held at least this fraction of its largest entry, so
+that pixels with little light (or masked ones) take damped steps, not 0/0."""
+
+
+def floor_pixel_local(scale: dict) -> dict:
+    """`scale` with each shared `PIXEL_LOCAL` map floored at `PIXEL_FLOOR` of its maximum
+    (applied to the complete, summed scale: the single process and the cluster alike)."""
+    shared = dict(scale["shared"])
+    for name in PIXEL_LOCAL:
+        if name in shared:
+            shared[name] = jnp.maximum(shared[name], PIXEL_FLOOR * jnp.max(shared[name]))
+    return {**scale, "shared": shared}
 
 
 def unit_outside(scale: dict, names) -> dict:

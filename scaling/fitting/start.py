@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from model import ExposureModel, make_spec, nominal_detector
-from model.constants import PIXEL_SCALE
-from scaling.config import FitConfig
+from model.constants import ARCSEC, PIXEL_SCALE
+from scaling.config import FitConfig, StarFieldFitConfig
 from scaling.config.roles import ROLES
 from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fitting.engine import FitSettings, join
 from scaling.fitting.params import Batch, Observation, make_batches
+from scaling.fitting.starfield import find_stars
 from scaling.fitting.validation import split_held_out
 
 _SELECT_FIELDS = {"target": "targets", "filter": "filters", "observation": "observations"}
@@ -102,15 +103,23 @@ def fit_data(config: FitConfig, campaign: Campaign, names, epochs: list[str]) ->
     return FitData(observations, make_batches(observations, list(names), epochs), validation)
 
 
-def initial_shared(config: FitConfig, model: ExposureModel) -> dict:
+def initial_shared(
+    config: FitConfig, model: ExposureModel, campaign: Campaign | None = None
+) -> dict:
     """Starting shared parameters: nominal detector, no aberration, the `[binary]` start
-    when enabled (float64); a per-filter parameter (`ROLES`) starts with the same value in
-    every filter of the model. With `config.calibration`, the instrument's parameters
-    saved there replace these (`calibration_values`)."""
+    when enabled, for a star field (`StarFieldFitConfig`) the stars found in the first
+    exposure of `campaign` (`star_field_start`) (float64); a per-filter parameter
+    (`ROLES`) starts with the same value in every filter of the model. With
+    `config.calibration`, the instrument's parameters saved there replace these
+    (`calibration_values`)."""
     shared = nominal_detector(model.npix)
     shared["jitter"] = jnp.asarray(config.jitter)
     shared["read_noise"] = jnp.asarray(config.read_noise)
     shared["aberrations"] = jnp.zeros(model.optics.pupil.basis.shape[0])
+    if isinstance(config, StarFieldFitConfig):
+        if campaign is None:
+            raise ValueError("a star-field fit starts from its campaign's first exposure")
+        shared.update(star_field_start(config, campaign, model))
     if config.binary.enabled:
         shared["separation"] = jnp.asarray(config.binary.separation)
         shared["position_angle"] = jnp.asarray(config.binary.position_angle)
@@ -124,6 +133,32 @@ def initial_shared(config: FitConfig, model: ExposureModel) -> dict:
     if config.calibration:
         shared.update(calibration_values(config.calibration, shared))
     return shared
+
+
+def star_field_start(config: StarFieldFitConfig, campaign: Campaign, model) -> dict:
+    """{"positions", "log_fluxes"} of the `config.stars` brightest stars of the
+    campaign's first exposure (`find_stars`).
+
+    Raises:
+        ValueError: a star at some exposure's known dither would leave the shared PSF's
+            padded grid (naming `instrument.psf_pad`).
+    """
+    first = load_observations(campaign, campaign.names[:1])[0]
+    band = next(iter(model.bandpasses.values()))
+    fwhm = band.centre / config.instrument.diameter / ARCSEC
+    positions, log_fluxes = find_stars(first, config.stars, config.instrument.pixel_scale, fwhm)
+    if model.psf_pad:
+        dithers = np.array(
+            [[campaign.info(n).dither_x, campaign.info(n).dither_y] for n in campaign.names]
+        )
+        reach = np.abs(positions).max() + np.abs(dithers).max() + 2 * fwhm
+        need = int(np.ceil(reach / model.optics.psf_pixel_scale))
+        if need > model.psf_pad:
+            raise ValueError(
+                f"instrument.psf_pad: stars and dithers reach {reach:.2f} arcsec from the "
+                f"centre (with 2 FWHM of margin), {need} optical pixels; got {model.psf_pad}"
+            )
+    return {"positions": jnp.asarray(positions), "log_fluxes": jnp.asarray(log_fluxes)}
 
 
 def calibration_values(location: str, like: dict) -> dict:
@@ -203,6 +238,12 @@ def initial_local(config: FitConfig, observations: list[Observation], n_epochs: 
         for o in observations
     ]
     n = len(observations)
+    if isinstance(config, StarFieldFitConfig):
+        exposure = {"pointing": jnp.zeros((n, 2)), "log_scale": jnp.zeros(n)}
+        exposure["spectral_slope"] = jnp.zeros(n)
+        return jax.tree.map(
+            lambda x: jnp.asarray(x, dtype=jnp.float64), {"epoch": {}, "exposure": exposure}
+        )
     if config.position_start == "centroid":
         positions = jnp.asarray(np.stack([centroid_position(o) for o in observations]))
     else:
@@ -218,11 +259,16 @@ def initial_local(config: FitConfig, observations: list[Observation], n_epochs: 
 
 
 def initial_params(
-    config: FitConfig, model: ExposureModel, observations: list[Observation], epochs: list[str]
+    config: FitConfig,
+    model: ExposureModel,
+    observations: list[Observation],
+    epochs: list[str],
+    campaign: Campaign | None = None,
 ) -> dict:
-    """Starting point of a single-process fit (`initial_shared` and `initial_local`)."""
+    """Starting point of a fit of `observations` (`initial_shared` with `campaign`, the
+    fit's whole selection, and `initial_local`)."""
     return join(
-        {"shared": initial_shared(config, model)},
+        {"shared": initial_shared(config, model, campaign)},
         initial_local(config, observations, len(epochs)),
     )
 
@@ -251,15 +297,38 @@ def freeze_science_positions(observations: list[Observation]):
     return hook
 
 
-def settings_from(config: FitConfig, observations: list[Observation]) -> FitSettings:
+def freeze_reference_exposure(observations: list[Observation], reference: str):
+    """Gradient hook holding the `pointing` and `log_scale` of exposure `reference` (the
+    campaign's first) at their start: the shared stars carry the field's position and
+    flux scale, measured from that exposure. `observations` may be a shard without it."""
+    keep = jnp.asarray([0.0 if o.name == reference else 1.0 for o in observations])
+
+    def hook(grads, params):
+        if "exposure" not in grads or "pointing" not in grads["exposure"]:
+            return grads
+        exposure = dict(grads["exposure"])
+        exposure["pointing"] = exposure["pointing"] * keep[:, None]
+        exposure["log_scale"] = exposure["log_scale"] * keep
+        return {**grads, "exposure": exposure}
+
+    return hook
+
+
+def settings_from(
+    config: FitConfig, observations: list[Observation], reference: str | None = None
+) -> FitSettings:
     """Engine settings of a fit config.
 
     The first position of each epoch is frozen (`freeze_science_positions`) only when the
     epoch image is fitted and drawn: a binary fit ignores the image, and an image held
-    fixed cannot carry a pointing, so there every position is free.
+    fixed cannot carry a pointing, so there every position is free. A star field holds
+    the pointing and flux scale of the `reference` exposure, the campaign's first
+    (`freeze_reference_exposure`).
     """
     images_carry_pointing = "log_image" in config.optimisers and not config.binary.enabled
     hook = freeze_science_positions(observations) if images_carry_pointing else None
+    if isinstance(config, StarFieldFitConfig) and reference is not None:
+        hook = freeze_reference_exposure(observations, reference)
     return FitSettings(
         dict(config.optimisers), dict(config.regularisers), config.diagonal, grad_hook=hook
     )

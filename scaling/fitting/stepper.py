@@ -87,8 +87,8 @@ class InProcess:
             data.batches,
             data.validation,
         )
-        self.initial = initial_params(config, model, self.observations, epochs)
-        settings = settings_from(config, self.observations)
+        self.initial = initial_params(config, model, self.observations, epochs, campaign)
+        settings = settings_from(config, self.observations, campaign.names[0])
         self.fitter = make_fitter(model, self.initial, self.batches, settings)
         self.reset()
 

@@ -119,7 +119,8 @@ def write_fit_pictures(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pixel_scale = model.optics.psf_pixel_scale
-    images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
+    log_images = result.params["epoch"].get("log_image", np.zeros((0, 1, 1)))
+    images = np.asarray(jax.vmap(normalise_log_image)(log_images))
     meta, arrays = load_truth(truth_folder) if truth_folder else ({"filters": []}, {})
     truth = arrays.get("images")
     fitted = {f: np.asarray(a) for f, a in result.params["shared"]["aberrations"].items()}
