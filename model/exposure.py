@@ -142,22 +142,12 @@ class ExposureModel(eqx.Module):
             psf = shared_psf(self.optics, band.wavelengths, params["aberrations"], self.psf_pad)
             return psf.render(weights, offsets, fluxes)
         psf_at = lambda pos: self.optics.psf(  # noqa: E731
-            band.wavelengths, weights, params["aberrations"], pos + spec.dither
+            band.wavelengths, weights, params["aberrations"], pos
         )
-        if "positions" in params:
-            offsets, fluxes = star_field(params)
+        if "positions" in params or "separation" in params:
+            offsets, fluxes = point_sources(params, spec)
             return jnp.tensordot(fluxes, jax.vmap(psf_at)(offsets), axes=1)
-        if "separation" in params:
-            positions, fluxes = binary_components(
-                params["position"],
-                params["log_flux"],
-                params["separation"],
-                params["position_angle"],
-                params["contrast"],
-                spec.roll,
-            )
-            return jnp.tensordot(fluxes, jax.vmap(psf_at)(positions), axes=1)
-        psf = psf_at(params["position"])
+        psf = psf_at(params["position"] + spec.dither)
         if "log_image" in params:
             image = rotate_image(normalise_log_image(params["log_image"]), spec.roll)
             psf = convolve_same(image, psf)
