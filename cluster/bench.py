@@ -6,8 +6,10 @@
 Simulates and ingests the campaign into a temporary folder (MLflow there too), then fits
 it once per worker count (0: in this process) and records the median step time after
 the first five steps, the time per exposure-step, each worker's median compute time, the
-peak device memory each worker reports (GPUs), and the final loss, which must agree
-across worker counts to float64 round-off.
+median of each step's time beyond its slowest worker's compute (Ray and the coordinator:
+the shared update, the gradient sum, the transfers), the peak device memory each worker
+reports (GPUs), and the final loss, which must agree across worker counts to float64
+round-off.
 """
 
 import argparse
@@ -41,6 +43,16 @@ def _memory(stepper) -> dict:
     return {"driver": device_peaks()}
 
 
+def _overhead_ms(history: dict) -> float | None:
+    """Median over steps after the warm-up of the step time minus its slowest worker's
+    compute: what Ray and the coordinator add (None in process)."""
+    workers = [np.asarray(v) for k, v in history.items() if k.startswith("worker_time.")]
+    if not workers:
+        return None
+    extra = np.asarray(history["step_time"]) - np.max(workers, axis=0)
+    return float(1000 * np.median(extra[WARMUP:]))
+
+
 def time_fit(config: FitConfig, workers: int, gpus: float, exposures: int) -> dict:
     """Fit with `workers` Ray workers (0: in process) and summarise its timings."""
     cluster = dataclasses.replace(config.cluster, workers=workers, gpus_per_worker=gpus)
@@ -64,6 +76,7 @@ def time_fit(config: FitConfig, workers: int, gpus: float, exposures: int) -> di
         "first_step_s": float(steps[0]),
         "median_step_s": median,
         "exposure_step_ms": 1000 * median / exposures,
+        "median_ray_overhead_ms": _overhead_ms(outcome.history),
         "median_worker_compute_s": {
             k: float(np.median(np.asarray(v)[WARMUP:]))
             for k, v in outcome.history.items()
@@ -101,7 +114,8 @@ def bench(
             runs.append(time_fit(config, n, gpus if n else 0.0, len(files)))
             print(
                 f"workers {n}: {1000 * runs[-1]['median_step_s']:.1f} ms/step, "
-                f"{runs[-1]['exposure_step_ms']:.2f} ms/exposure-step",
+                f"{runs[-1]['exposure_step_ms']:.2f} ms/exposure-step, Ray and coordinator "
+                f"{runs[-1]['median_ray_overhead_ms'] or 0:.2f} ms/step",
                 flush=True,
             )
     base = runs[0]["median_step_s"]

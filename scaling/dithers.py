@@ -32,21 +32,13 @@ def expected_mae(signal: np.ndarray, bright: np.ndarray, read_noise: float, n: i
 
 def run_count(sim, fit, n: int, folder: Path, stepper_for, workers: int) -> dict:
     """Simulate, ingest and fit the field with `n` dithers; its figures."""
-    from scaling.data.ingest import ingest
     from scaling.fit import fit_campaign
     from scaling.report.flatfield import SIGNAL_THRESHOLD, mean_signal
-    from scaling.simulate import simulate
+    from scaling.simulate import simulated_campaign
 
     sim = dataclasses.replace(sim, dither_count=n)
-    files = simulate(sim, folder / "sim", progress=False)
-    ingest([str(f) for f in files], folder / "campaign.zarr", progress=False)
-    config = dataclasses.replace(
-        fit,
-        campaign=str(folder / "campaign.zarr"),
-        results=str(folder / "results.zarr"),
-        truth=str(folder / "sim"),
-        cluster=dataclasses.replace(fit.cluster, workers=workers),
-    )
+    cluster = dataclasses.replace(fit.cluster, workers=workers)
+    config = simulated_campaign(sim, fit, folder, cluster=cluster)
     start = time.perf_counter()
     out = fit_campaign(config, progress=False, stepper=stepper_for(config))
     wall = time.perf_counter() - start

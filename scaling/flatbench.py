@@ -33,19 +33,11 @@ def run_seed(python: str, script: str, steps: int, x64: bool) -> dict:
 def run_project(sim: FlatFieldConfig, fit: StarFieldFitConfig, folder: Path) -> dict:
     """Simulate, ingest and fit in this process; time per step (median of steps 2…) and
     the recovery figures."""
-    from scaling.data.ingest import ingest
     from scaling.fit import fit_campaign
-    from scaling.simulate import simulate
+    from scaling.simulate import simulated_campaign
 
-    files = simulate(sim, folder / "sim", progress=False)
-    ingest([str(f) for f in files], folder / "campaign.zarr", progress=False)
-    config = dataclasses.replace(
-        fit,
-        campaign=str(folder / "campaign.zarr"),
-        results=str(folder / "results.zarr"),
-        truth=str(folder / "sim"),
-        tracking=dataclasses.replace(fit.tracking, uri=f"sqlite:///{folder}/mlflow.db"),
-    )
+    tracking = dataclasses.replace(fit.tracking, uri=f"sqlite:///{folder}/mlflow.db")
+    config = simulated_campaign(sim, fit, folder, tracking=tracking)
     start = time.perf_counter()
     out = fit_campaign(config, progress=False)
     steps = out.history["step_time"]

@@ -630,6 +630,24 @@ def simulate(
     return [out / f"{n}{SUFFIXES[products]}" for n in names]
 
 
+def simulated_campaign(sim: Config, fit: Any, folder: Path, **changes: Any) -> Any:
+    """Simulate `sim` into `folder/sim`, ingest it into `folder/campaign.zarr`, and return
+    the fit config `fit` pointed at them (results in `folder/results.zarr`, truth from
+    `folder/sim`) with `changes` (further fields) applied; quietly, for the commands that
+    run whole simulated studies (`scaling dithers`, `scaling flatbench`)."""
+    from scaling.data.ingest import ingest
+
+    files = simulate(sim, folder / "sim", progress=False)
+    ingest([str(f) for f in files], folder / "campaign.zarr", progress=False)
+    return dataclasses.replace(
+        fit,
+        campaign=str(folder / "campaign.zarr"),
+        results=str(folder / "results.zarr"),
+        truth=str(folder / "sim"),
+        **changes,
+    )
+
+
 def _check_products(config: Config, products: str) -> None:
     """`products` is known, and JWST products have a NIRISS subarray's size."""
     if products not in PRODUCTS:

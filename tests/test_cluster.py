@@ -118,6 +118,8 @@ def test_cluster_bench_times_workers_side_by_side(tmp_path, local_ray):
     two = report["runs"][1]
     assert two["median_step_s"] > 0 and len(two["median_worker_compute_s"]) == 2
     assert len(two["placement"]) == 2
+    assert report["runs"][0]["median_ray_overhead_ms"] is None
+    assert 0 <= two["median_ray_overhead_ms"] < 1000 * two["median_step_s"]
 
 
 def test_asking_for_missing_gpus_fails_at_once(root, local_ray):
