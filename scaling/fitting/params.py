@@ -10,6 +10,7 @@ The role of every name is explicit (`scaling.config.roles.ROLES`); the engine ne
 sharing from keys.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -100,8 +101,8 @@ class Observation:
 
 
 class Batch(eqx.Module):
-    """Exposures of one filter, ramp length, resolved or not and data kind, stacked along
-    a leading axis.
+    """Exposures of one filter, frame shape, resolved or not and data kind, stacked along
+    a leading axis (shorter ramps padded to the longest: `padded`).
 
     Attributes:
         exposure_index: (b,) row of each exposure in the per-exposure parameters.
@@ -138,19 +139,52 @@ class Batch(eqx.Module):
         return self.variance if self.kind == "rate" else self.counts
 
 
+def padded(obs: Observation, ngroups: int) -> Observation:
+    """`obs` as a ramp of `ngroups` ≥ `obs.spec.ngroups` groups.
+
+    Its slopes are followed by zero slopes that are masked and counted from no
+    integration, so the likelihood drops them exactly: the Cholesky recursion along the
+    slopes is causal, and so is the model's accumulation, so the real slopes' terms are
+    unchanged. A rate only takes the new `spec.ngroups`, which its model does not use.
+    """
+    extra = ngroups - obs.spec.ngroups
+    if extra < 0:
+        raise ValueError(f"{obs.name}: {obs.spec.ngroups} groups cannot be padded to {ngroups}")
+    obs = dataclasses.replace(obs, spec=dataclasses.replace(obs.spec, ngroups=ngroups))
+    if obs.kind == "rate" or extra == 0:
+        return obs
+    counts = obs.slope_counts()
+
+    def pad(a, value):
+        a = np.asarray(a)
+        return np.concatenate([a, np.full((extra, *a.shape[1:]), value, a.dtype)])
+
+    return dataclasses.replace(
+        obs,
+        slopes=pad(obs.slopes, 0.0),
+        slope_mask=pad(counts.bad, True),
+        counts=pad(counts.n, 0.0),
+        pair_counts=pad(counts.pairs, 0.0),
+    )
+
+
 def make_batches(
     observations: list[Observation], exposure_names: list[str], epoch_names: list[str]
 ) -> list[Batch]:
-    """Group observations by (filter, ngroups, resolved, shape, kind) and stack each group.
+    """Group observations by (filter, resolved, frame shape, kind) and stack each group,
+    its ramps padded to the longest (`padded`): one batch per filter and frame shape of
+    each kind and source type.
 
     Order inside a batch follows `observations`, so results do not depend on dict order.
     """
     groups: dict[tuple, list[Observation]] = {}
     for obs in observations:
-        key = (obs.spec.filter, obs.spec.ngroups, obs.epoch is not None, obs.slopes.shape)
-        groups.setdefault((*key, obs.kind), []).append(obs)
+        key = (obs.spec.filter, obs.epoch is not None, obs.slopes.shape[1:], obs.kind)
+        groups.setdefault(key, []).append(obs)
     batches = []
-    for (filt, _, resolved, _, kind), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (filt, resolved, _, kind), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        ngroups = max(o.spec.ngroups for o in members)
+        members = [padded(o, ngroups) for o in members]
         specs = [o.spec for o in members]
         spec = jax.tree.map(lambda *xs: jnp.stack(xs), *specs)
         batches.append(
