@@ -78,21 +78,20 @@ def test_a_longer_ramp_starts_with_the_shorter_ones_slopes(ami):
     np.testing.assert_allclose(long[:2], short, rtol=1e-13, atol=0)
 
 
-def test_one_batch_per_source_type_with_masked_padding(campaign):
+def test_one_batch_with_masked_padding_and_calibrators(campaign):
     _, _, obs, names, epochs = campaign
-    batches = make_batches(obs, names, epochs)
-    assert sorted((b.resolved, b.size, b.slopes.shape[1]) for b in batches) == [
-        (False, 1, 3),
-        (True, 4, 3),
-    ]
-    (sci,) = [b for b in batches if b.resolved]
-    assert sci.spec.ngroups == 4
-    k = [names[i] for i in np.asarray(sci.exposure_index)].index(CUT)
-    cut = obs[names.index(CUT)]
-    np.testing.assert_array_equal(sci.slopes[k, :2], cut.slopes)
-    assert bool(jnp.all(sci.counts.bad[k, 2])) and bool(jnp.all(sci.slopes[k, 2] == 0))
-    np.testing.assert_array_equal(sci.counts.bad[k, :2], cut.slope_counts().bad)
-    assert float(jnp.sum(sci.counts.pairs[k, 1])) == 0.0
+    (batch,) = make_batches(obs, names, epochs)
+    assert (batch.resolved, batch.size, batch.spec.ngroups) == (True, len(obs), 4)
+    members = [names[i] for i in np.asarray(batch.exposure_index)]
+    calibrator = [obs[names.index(n)].epoch is None for n in members]
+    assert sum(calibrator) == 1
+    np.testing.assert_array_equal(batch.spec.resolved, np.logical_not(calibrator))
+    assert int(batch.epoch_index[calibrator.index(True)]) == 0
+    k, cut = members.index(CUT), obs[names.index(CUT)]
+    np.testing.assert_array_equal(batch.slopes[k, :2], cut.slopes)
+    assert bool(jnp.all(batch.counts.bad[k, 2])) and bool(jnp.all(batch.slopes[k, 2] == 0))
+    np.testing.assert_array_equal(batch.counts.bad[k, :2], cut.slope_counts().bad)
+    assert float(jnp.sum(batch.counts.pairs[k, 1])) == 0.0
 
 
 def test_engine_on_padded_batches_equals_the_unpadded_reference(campaign):

@@ -101,16 +101,20 @@ class Observation:
 
 
 class Batch(eqx.Module):
-    """Exposures of one filter, frame shape, resolved or not and data kind, stacked along
-    a leading axis (shorter ramps padded to the longest: `padded`).
+    """Exposures of one filter, frame shape and data kind, stacked along a leading axis
+    (shorter ramps padded to the longest: `padded`); resolved (science) exposures and
+    point-source calibrators share it.
 
     Attributes:
         exposure_index: (b,) row of each exposure in the per-exposure parameters.
-        epoch_index: (b,) row of its epoch in the per-epoch parameters (0 for calibrators).
+        epoch_index: (b,) row of its epoch in the per-epoch parameters (0 for calibrators,
+            whose model ignores that row: `spec.resolved` is False).
         spec: ExposureSpec with (b,)-shaped traced fields.
         slopes: (b, s, p, p) data (s = 1 for rates); bad: (b, p, p) masks.
         weight: (b,) 1 for real exposures, 0 for padding added for device sharding.
-        filter, resolved, kind: static (`Observation.kind`).
+        filter, kind: static (`Observation.kind`).
+        resolved: static, True where any member is resolved: its exposures then take the
+            per-epoch parameters.
         variance: (b, 1, p, p) rate variances, (e-/s)², for kind "rate"; None for slopes.
         counts: the slopes' `SlopeCounts`, stacked (b, …), when a member has slope masks
             of its own (`Observation.slope_counts`); None otherwise and for rates.
@@ -171,27 +175,31 @@ def padded(obs: Observation, ngroups: int) -> Observation:
 def make_batches(
     observations: list[Observation], exposure_names: list[str], epoch_names: list[str]
 ) -> list[Batch]:
-    """Group observations by (filter, resolved, frame shape, kind) and stack each group,
-    its ramps padded to the longest (`padded`): one batch per filter and frame shape of
-    each kind and source type.
+    """Group observations by (filter, frame shape, kind) and stack each group: one batch
+    per filter and frame shape of each kind.
 
-    Order inside a batch follows `observations`, so results do not depend on dict order.
+    Ramps are padded to the longest (`padded`); each spec's traced `resolved` flag tells a
+    calibrator (point source) from a resolved exposure. Order inside a batch follows
+    `observations`, so results do not depend on dict order.
     """
     groups: dict[tuple, list[Observation]] = {}
     for obs in observations:
-        key = (obs.spec.filter, obs.epoch is not None, obs.slopes.shape[1:], obs.kind)
+        key = (obs.spec.filter, obs.slopes.shape[1:], obs.kind)
         groups.setdefault(key, []).append(obs)
     batches = []
-    for (filt, resolved, _, kind), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (filt, _, kind), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        resolved = any(o.epoch is not None for o in members)
         ngroups = max(o.spec.ngroups for o in members)
         members = [padded(o, ngroups) for o in members]
-        specs = [o.spec for o in members]
+        specs = [
+            dataclasses.replace(o.spec, resolved=jnp.asarray(o.epoch is not None)) for o in members
+        ]
         spec = jax.tree.map(lambda *xs: jnp.stack(xs), *specs)
         batches.append(
             Batch(
                 exposure_index=jnp.asarray([exposure_names.index(o.name) for o in members]),
                 epoch_index=jnp.asarray(
-                    [epoch_names.index(o.epoch) if resolved else 0 for o in members]
+                    [0 if o.epoch is None else epoch_names.index(o.epoch) for o in members]
                 ),
                 spec=spec,
                 slopes=jnp.asarray(np.stack([o.slopes for o in members]), dtype=jnp.float64),
