@@ -1,10 +1,11 @@
-"""Ramps of different lengths in one batch: shorter ramps padded with masked slopes.
+"""One batch per filter and frame shape: shorter ramps padded with masked slopes, and
+calibrators (point sources: `ExposureSpec.resolved` False) beside resolved exposures.
 
-The campaign is `tests.campaigns.tiny_campaign` (4 groups) with one exposure cut to 3
-groups (the first slopes of a longer ramp are those of the shorter one) and given slope
-masks of its own. The engine on the padded batches must equal the unpadded
-reference loop, and χ², residual maps and the Fisher diagonal must equal those of
-batches of one ramp length each.
+The campaign is `tests.campaigns.tiny_campaign` (4 groups, a calibrator) with one
+exposure cut to 3 groups (the first slopes of a longer ramp are those of the shorter one)
+and given slope masks of its own. The engine on its single batch must equal the unpadded
+reference loop, and the cut exposure's χ², residual map and Fisher diagonal those of the
+exposure alone.
 """
 
 import dataclasses
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from model import make_spec
-from scaling.fitting.objective import chi_squared_sums, loss, residual_maps
+from scaling.fitting.objective import chi_squared_by_exposure, loss, residual_maps
 from scaling.fitting.params import make_batches, padded
 from scaling.fitting.precondition import fisher_diagonal
 from scaling.fitting.reference import reference_value_and_grad
@@ -58,15 +59,11 @@ def campaign():
     return m, params, obs, names, epochs
 
 
-def _by_length(obs, names, params):
-    """[(observations of one ramp length, their names, params with their exposure rows)]."""
-    out = []
-    for n in sorted({o.spec.ngroups for o in obs}):
-        group = [o for o in obs if o.spec.ngroups == n]
-        rows = jnp.asarray([names.index(o.name) for o in group])
-        local = jax.tree.map(lambda x, r=rows: x[r], params["exposure"])
-        out.append((group, [o.name for o in group], {**params, "exposure": local}))
-    return out
+def _alone(obs, names, params, name: str):
+    """([the observation `name`], [name], params with only its exposure row)."""
+    i = names.index(name)
+    local = jax.tree.map(lambda x: x[i : i + 1], params["exposure"])
+    return [obs[i]], [name], {**params, "exposure": local}
 
 
 def test_a_longer_ramp_starts_with_the_shorter_ones_slopes(ami):
@@ -108,25 +105,23 @@ def test_engine_on_padded_batches_equals_the_unpadded_reference(campaign):
 
 
 def test_chi_squared_residuals_and_fisher_ignore_the_padding(campaign):
+    """Of the padded exposure, as of the same exposure alone and unpadded."""
     m, params, obs, names, epochs = campaign
-    groups = _by_length(obs, names, params)
-    assert [len(g) for g, *_ in groups] == [1, len(obs) - 1]
-    batches = make_batches(obs, names, epochs)
-    plain = [(make_batches(g, n, epochs), p) for g, n, p in groups]
-    chi2, count = chi_squared_sums(m, params, batches)
-    sums = [chi_squared_sums(m, p, b) for b, p in plain]
-    kept = sum(int(np.sum(~np.asarray(o.slope_counts().bad))) for o in obs)
-    assert int(count) == sum(int(n) for _, n in sums) == kept
-    assert float(chi2) == pytest.approx(sum(float(c) for c, _ in sums), rel=1e-12)
+    batches, i = make_batches(obs, names, epochs), names.index(CUT)
+    alone, alone_names, alone_params = _alone(obs, names, params, CUT)
+    alone_batches = make_batches(alone, alone_names, epochs)
+    rows = chi_squared_by_exposure(m, params, batches)
+    kept = [int(np.sum(~np.asarray(o.slope_counts().bad))) for o in obs]
+    assert [int(rows[k][1]) for k in range(len(obs))] == kept
+    (row,) = chi_squared_by_exposure(m, alone_params, alone_batches).values()
+    assert rows[i] == pytest.approx(row, rel=1e-12)
     maps = residual_maps(m, params, obs, epochs)
-    for group, _, p in groups:
-        for name, alone in residual_maps(m, p, group, epochs).items():
-            np.testing.assert_allclose(maps[name], alone, rtol=1e-12, atol=1e-14)
-    fisher = fisher_diagonal(m, params, batches, ("log_flux",))["exposure"]["log_flux"]
-    for (b, p), (_, n, _) in zip(plain, groups, strict=True):
-        rows = [names.index(x) for x in n]
-        alone = fisher_diagonal(m, p, b, ("log_flux",))["exposure"]["log_flux"]
-        np.testing.assert_allclose(fisher[jnp.asarray(rows)], alone, rtol=1e-10, atol=0)
+    (alone_map,) = residual_maps(m, alone_params, alone, epochs).values()
+    np.testing.assert_allclose(maps[CUT], alone_map, rtol=1e-12, atol=1e-14)
+    fisher = fisher_diagonal(m, params, batches, ("log_flux",))
+    alone_fisher = fisher_diagonal(m, alone_params, alone_batches, ("log_flux",))
+    expected = alone_fisher["exposure"]["log_flux"][0]
+    assert float(fisher["exposure"]["log_flux"][i]) == pytest.approx(float(expected), rel=1e-10)
 
 
 def test_rates_of_different_lengths_share_a_batch_unpadded():
