@@ -89,6 +89,9 @@ class ExposureSpec(eqx.Module):
         group_time: seconds between group reads.
         nints: integrations averaged into the slopes.
         dither: (2,) known pointing offset added to every source, arcsec.
+        resolved: True where a `log_image` in the params is the source; False for a point
+            source whose params carry one anyway (a calibrator batched with resolved
+            exposures: its illumination is the PSF, exactly).
     """
 
     filter: str = eqx.field(static=True)
@@ -97,12 +100,16 @@ class ExposureSpec(eqx.Module):
     group_time: Float[Array, ""]
     nints: Float[Array, ""]
     dither: Float[Array, "2"]
+    resolved: Bool[Array, ""]
 
 
-def make_spec(filter, ngroups, roll=0.0, group_time=FRAME_TIME, nints=1, dither=(0.0, 0.0)):
+def make_spec(
+    filter, ngroups, roll=0.0, group_time=FRAME_TIME, nints=1, dither=(0.0, 0.0), resolved=True
+):
     """ExposureSpec with float64 arrays for the traced fields."""
     f = lambda x: jnp.asarray(x, dtype=jnp.float64)  # noqa: E731
-    return ExposureSpec(filter, int(ngroups), f(roll), f(group_time), f(nints), f(dither))
+    flag = jnp.asarray(resolved, dtype=bool)
+    return ExposureSpec(filter, int(ngroups), f(roll), f(group_time), f(nints), f(dither), flag)
 
 
 class ExposureModel(eqx.Module):
@@ -150,7 +157,7 @@ class ExposureModel(eqx.Module):
         psf = psf_at(params["position"] + spec.dither)
         if "log_image" in params:
             image = rotate_image(normalise_log_image(params["log_image"]), spec.roll)
-            psf = convolve_same(image, psf)
+            psf = jnp.where(spec.resolved, convolve_same(image, psf), psf)
         return 10.0 ** params["log_flux"] * psf
 
     def rate(self, params: Params, spec: ExposureSpec) -> Float[Array, "p p"]:

@@ -395,7 +395,7 @@ def _plan_io(cfg: CampaignConfig, rng: np.random.Generator, group_time: float) -
                     target=f"CAL{c + 1}",
                     epoch=None,
                     filter=filt,
-                    expmid=mids[c % len(mids)] + 1 / 24 + k * cal_duration,
+                    expmid=mids[c * len(mids) // cal.count] + 1 / 24 + k * cal_duration,
                     roll=ep.rolls[0],
                     nints=cal.nints,
                     ngroups=cal.ngroups,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from model.constants import IO_ROTATION_PERIOD_H
 from scaling.cli import EXIT_USAGE, main
 from scaling.config import (
     CampaignConfig,
@@ -18,6 +19,7 @@ from scaling.config import (
     parse_config,
 )
 from scaling.config.load import override
+from scaling.data.ingest import DEFAULT_WINDOW_HOURS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -54,6 +56,22 @@ def test_shipped_configs_exist():
     names = {p.name for p in CONFIGS.glob("*.toml")}
     assert {"io_demo.toml", "io_test.toml", "flatfield_demo.toml", "flatfield_test.toml"} <= names
     assert {"io_demo_fit.toml", "io_test_fit.toml"} <= names
+
+
+@pytest.mark.parametrize(
+    "name, exposures", [("io_campaign.toml", 102), ("io_campaign_large.toml", 412)]
+)
+def test_the_large_campaigns_span_two_rotations(name, exposures):
+    """Issue 13: Io over two rotations, at least 24 epochs × 4 exposures in F430M on
+    SUB80 and calibrators at several times; the large variant at least 400 exposures.
+    Epochs lie further apart than the ingest's epoch window, which would merge them."""
+    config = load_config(CONFIGS / name)
+    ep, cal = config.epochs, config.calibrators
+    assert config.filters == ("F430M",) and config.instrument.npix == 80
+    assert (ep.count - 1) * ep.spacing_hours >= 2 * IO_ROTATION_PERIOD_H
+    assert ep.count >= 24 and ep.exposures >= 4 and cal.count >= 6
+    assert ep.spacing_hours > DEFAULT_WINDOW_HOURS
+    assert ep.count * ep.exposures + cal.count == exposures
 
 
 def test_minimal_files_take_the_defaults(tmp_path):

@@ -79,10 +79,10 @@ def fitted(campaign):
     return fitter, start, *fit_steps(fitter, start, batches, 3)
 
 
-def test_batches_group_by_kind(campaign):
+def test_batches_group_by_kind_calibrators_with_science(campaign):
     *_, batches = campaign
     sizes = sorted((b.resolved, b.kind, b.size) for b in batches)
-    assert sizes == [(False, "rate", 1), (True, "rate", 2), (True, "slopes", 2)]
+    assert sizes == [(True, "rate", 3), (True, "slopes", 2)]
     for b in batches:
         assert sorted(set(np.asarray(b.exposure_index))) == sorted(np.asarray(b.exposure_index))
 
@@ -183,7 +183,8 @@ DEVICE_SCRIPT = textwrap.dedent(
 
 def test_two_devices_equal_one(fitted):
     """The same 3 steps with exposures sharded over 2 (fake CPU) devices: the
-    1-exposure batch (a calibrator's rate, with its variance) is padded to 2."""
+    3-exposure batch of rates (two resolved, a calibrator's; with their variances) is
+    padded to 4."""
     _, _, path, _, terms = fitted
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +193,7 @@ def test_two_devices_equal_one(fitted):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (two["devices"], two["shards"], two["padded"]) == (2, [2, 2, 2], [0, 0, 1])
+    assert (two["devices"], two["shards"], two["padded"]) == (2, [2, 2], [0, 1])
     np.testing.assert_allclose(two["loss"], [t["total"] for t in terms], rtol=1e-12)
     ref = [np.asarray(x).ravel() for x in jax.tree.leaves(path[-1])]
     for a, b in zip(two["params"], ref, strict=True):

@@ -167,8 +167,7 @@ def test_batches_never_mix_kinds(mixed):
         seen += members
     assert sorted(seen) == sorted(names)
     assert sorted((b.kind, b.resolved, b.size) for b in batches) == [
-        ("rate", False, 1),
-        ("rate", True, 2),
+        ("rate", True, 3),
         ("slopes", True, 2),
     ]
 

@@ -136,7 +136,8 @@ class EpochsConfig:
 
 @dataclass(frozen=True)
 class CalibratorsConfig:
-    """Point-source calibrator stars, one visit each in every filter.
+    """Point-source calibrator stars, one visit each in every filter, 1 h after epochs
+    spread evenly over the campaign (star c after epoch ⌊c × epochs / count⌋).
 
     count: number of stars; log_flux: log10 e-/s; nints, ngroups: as for the science
     exposures (ngroups is also truncated below the well depth).

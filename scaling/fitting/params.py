@@ -10,6 +10,7 @@ The role of every name is explicit (`scaling.config.roles.ROLES`); the engine ne
 sharing from keys.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -100,16 +101,20 @@ class Observation:
 
 
 class Batch(eqx.Module):
-    """Exposures of one filter, ramp length, resolved or not and data kind, stacked along
-    a leading axis.
+    """Exposures of one filter, frame shape and data kind, stacked along a leading axis
+    (shorter ramps padded to the longest: `padded`); resolved (science) exposures and
+    point-source calibrators share it.
 
     Attributes:
         exposure_index: (b,) row of each exposure in the per-exposure parameters.
-        epoch_index: (b,) row of its epoch in the per-epoch parameters (0 for calibrators).
+        epoch_index: (b,) row of its epoch in the per-epoch parameters (0 for calibrators,
+            whose model ignores that row: `spec.resolved` is False).
         spec: ExposureSpec with (b,)-shaped traced fields.
         slopes: (b, s, p, p) data (s = 1 for rates); bad: (b, p, p) masks.
         weight: (b,) 1 for real exposures, 0 for padding added for device sharding.
-        filter, resolved, kind: static (`Observation.kind`).
+        filter, kind: static (`Observation.kind`).
+        resolved: static, True where any member is resolved: its exposures then take the
+            per-epoch parameters.
         variance: (b, 1, p, p) rate variances, (e-/s)², for kind "rate"; None for slopes.
         counts: the slopes' `SlopeCounts`, stacked (b, …), when a member has slope masks
             of its own (`Observation.slope_counts`); None otherwise and for rates.
@@ -138,26 +143,63 @@ class Batch(eqx.Module):
         return self.variance if self.kind == "rate" else self.counts
 
 
+def padded(obs: Observation, ngroups: int) -> Observation:
+    """`obs` as a ramp of `ngroups` ≥ `obs.spec.ngroups` groups.
+
+    Its slopes are followed by zero slopes that are masked and counted from no
+    integration, so the likelihood drops them exactly: the Cholesky recursion along the
+    slopes is causal, and so is the model's accumulation, so the real slopes' terms are
+    unchanged. A rate only takes the new `spec.ngroups`, which its model does not use.
+    """
+    extra = ngroups - obs.spec.ngroups
+    if extra < 0:
+        raise ValueError(f"{obs.name}: {obs.spec.ngroups} groups cannot be padded to {ngroups}")
+    obs = dataclasses.replace(obs, spec=dataclasses.replace(obs.spec, ngroups=ngroups))
+    if obs.kind == "rate" or extra == 0:
+        return obs
+    counts = obs.slope_counts()
+
+    def pad(a, value):
+        a = np.asarray(a)
+        return np.concatenate([a, np.full((extra, *a.shape[1:]), value, a.dtype)])
+
+    return dataclasses.replace(
+        obs,
+        slopes=pad(obs.slopes, 0.0),
+        slope_mask=pad(counts.bad, True),
+        counts=pad(counts.n, 0.0),
+        pair_counts=pad(counts.pairs, 0.0),
+    )
+
+
 def make_batches(
     observations: list[Observation], exposure_names: list[str], epoch_names: list[str]
 ) -> list[Batch]:
-    """Group observations by (filter, ngroups, resolved, shape, kind) and stack each group.
+    """Group observations by (filter, frame shape, kind) and stack each group: one batch
+    per filter and frame shape of each kind.
 
-    Order inside a batch follows `observations`, so results do not depend on dict order.
+    Ramps are padded to the longest (`padded`); each spec's traced `resolved` flag tells a
+    calibrator (point source) from a resolved exposure. Order inside a batch follows
+    `observations`, so results do not depend on dict order.
     """
     groups: dict[tuple, list[Observation]] = {}
     for obs in observations:
-        key = (obs.spec.filter, obs.spec.ngroups, obs.epoch is not None, obs.slopes.shape)
-        groups.setdefault((*key, obs.kind), []).append(obs)
+        key = (obs.spec.filter, obs.slopes.shape[1:], obs.kind)
+        groups.setdefault(key, []).append(obs)
     batches = []
-    for (filt, _, resolved, _, kind), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        specs = [o.spec for o in members]
+    for (filt, _, kind), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        resolved = any(o.epoch is not None for o in members)
+        ngroups = max(o.spec.ngroups for o in members)
+        members = [padded(o, ngroups) for o in members]
+        specs = [
+            dataclasses.replace(o.spec, resolved=jnp.asarray(o.epoch is not None)) for o in members
+        ]
         spec = jax.tree.map(lambda *xs: jnp.stack(xs), *specs)
         batches.append(
             Batch(
                 exposure_index=jnp.asarray([exposure_names.index(o.name) for o in members]),
                 epoch_index=jnp.asarray(
-                    [epoch_names.index(o.epoch) if resolved else 0 for o in members]
+                    [0 if o.epoch is None else epoch_names.index(o.epoch) for o in members]
                 ),
                 spec=spec,
                 slopes=jnp.asarray(np.stack([o.slopes for o in members]), dtype=jnp.float64),
