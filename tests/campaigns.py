@@ -255,6 +255,28 @@ def mixed_campaign():
     return m, truth, mixed, names, epochs
 
 
+def cut_with_masks(obs: Observation, ngroups: int) -> Observation:
+    """`obs` as the first `ngroups` groups of its ramp, with slope masks of its own (a
+    saturating tail and one slope mid-ramp): a shorter ramp that a batch pads."""
+    spec = dataclasses.replace(obs.spec, ngroups=ngroups)
+    slopes = obs.slopes[: ngroups - 1]
+    s, p, _ = slopes.shape
+    mask = np.zeros(slopes.shape, bool)
+    mask[-1, 3:6, 3:6] = True
+    mask[0, 7, 2] = True
+    nints = float(obs.spec.nints)
+    pairs = np.full((s - 1, p, p), nints)
+    pairs[-1, 3:6, 3:6] = 0.0
+    return dataclasses.replace(
+        obs,
+        spec=spec,
+        slopes=slopes,
+        slope_mask=mask,
+        counts=np.where(mask, 0.0, nints),
+        pair_counts=pairs,
+    )
+
+
 def write_toml(path, config) -> str:
     """`config` as a TOML file (plain keys, then one table per dict) → its path."""
     lines = []

@@ -2,7 +2,9 @@
 and one compilation of each half step for a whole fit.
 
 The campaign mixes exposure kinds (`tests.campaigns.mixed_campaign`: some exposures are
-measured rates, the others ramp slopes), so every check here covers both likelihoods."""
+measured rates, the others ramp slopes), so every check here covers both likelihoods, and
+one slope exposure is a shorter ramp with slope masks of its own, padded in its batch
+(`tests.campaigns.cut_with_masks`), so every check covers the padding too."""
 
 import itertools
 import json
@@ -25,14 +27,21 @@ from scaling.fitting.engine import FitSettings, join, make_fitter, renormalise_i
 from scaling.fitting.objective import loss
 from scaling.fitting.params import make_batches
 from scaling.fitting.reference import reference_value_and_grad
-from tests.campaigns import mixed_campaign
+from tests.campaigns import cut_with_masks, mixed_campaign
 
 REG = {"tv": 1.0, "maxent": 0.1}
 
 
+def padded_campaign():
+    """`mixed_campaign` with exposure sci00 cut to 3 groups with slope masks of its own."""
+    m, truth, obs, names, epochs = mixed_campaign()
+    obs = [cut_with_masks(o, 3) if o.name == "sci00" else o for o in obs]
+    return m, truth, obs, names, epochs
+
+
 @pytest.fixture(scope="module")
 def campaign():
-    m, truth, obs, names, epochs = mixed_campaign()
+    m, truth, obs, names, epochs = padded_campaign()
     return m, truth, obs, names, epochs, make_batches(obs, names, epochs)
 
 
@@ -166,9 +175,8 @@ DEVICE_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from scaling.fitting.engine import make_fitter, shard_batches
     from scaling.fitting.params import make_batches
-    from tests.campaigns import mixed_campaign
-    from tests.test_engine import SETTINGS, _perturbed, fit_steps
-    m, truth, obs, names, epochs = mixed_campaign()
+    from tests.test_engine import SETTINGS, _perturbed, fit_steps, padded_campaign
+    m, truth, obs, names, epochs = padded_campaign()
     batches = shard_batches(make_batches(obs, names, epochs))
     padded = sorted(int(np.sum(np.asarray(b.weight) == 0)) for b in batches)
     start = _perturbed(truth)
