@@ -79,6 +79,12 @@ def point_sources(
     return offsets + spec.dither[None, :], fluxes
 
 
+def source_image(params: Params, spec: "ExposureSpec") -> Float[Array, "n n"]:
+    """A resolved source's unit-sum image in detector axes (`log_image` normalised and
+    rotated by the exposure's roll), (n, n) at the optical pixel."""
+    return rotate_image(normalise_log_image(params["log_image"]), spec.roll)
+
+
 class ExposureSpec(eqx.Module):
     """What the physics needs to know of an exposure besides the parameters.
 
@@ -112,11 +118,12 @@ class ExposureModel(eqx.Module):
         optics: pupil and focal-plane sampling (oversampled grid of `npix * oversample`).
         bandpasses: filter name → sampled bandpass.
         oversample: optical pixels per detector pixel (per axis).
-        psf_pad: 0 renders every point source by its own MFT (exact); > 0 renders star
-            fields and point sources from one PSF per wavelength on the optical grid
-            padded by this many optical pixels a side, shifted in the Fourier domain
-            (`model.shared_psf`; sources must stay within `psf_pad` pixels of the
-            centre). Resolved sources are always exact.
+        psf_pad: 0 computes each exposure's PSF by its own MFT per source (exact); > 0
+            renders every scene from one PSF per wavelength on the optical grid padded
+            by this many optical pixels a side, placed by Fourier phase ramps
+            (`model.shared_psf`): point sources must stay within `psf_pad` pixels of
+            the centre; a resolved image's light stays off the wrapped edge when its
+            half width plus its offset is within `psf_pad`.
     """
 
     optics: Optics
@@ -137,10 +144,14 @@ class ExposureModel(eqx.Module):
         """
         band = self.bandpasses[spec.filter]
         weights = band.weights(params["spectral_slope"])
-        if self.psf_pad and "log_image" not in params:
-            offsets, fluxes = point_sources(params, spec)
+        resolved = "log_image" in params and not ("positions" in params or "separation" in params)
+        if self.psf_pad:
             psf = shared_psf(self.optics, band.wavelengths, params["aberrations"], self.psf_pad)
-            return psf.render(weights, offsets, fluxes)
+            if not resolved:
+                return psf.render(weights, *point_sources(params, spec))
+            offset = params["position"] + spec.dither
+            image = psf.convolve(weights, source_image(params, spec), offset)
+            return 10.0 ** params["log_flux"] * image
         psf_at = lambda pos: self.optics.psf(  # noqa: E731
             band.wavelengths, weights, params["aberrations"], pos
         )
@@ -148,9 +159,8 @@ class ExposureModel(eqx.Module):
             offsets, fluxes = point_sources(params, spec)
             return jnp.tensordot(fluxes, jax.vmap(psf_at)(offsets), axes=1)
         psf = psf_at(params["position"] + spec.dither)
-        if "log_image" in params:
-            image = rotate_image(normalise_log_image(params["log_image"]), spec.roll)
-            psf = convolve_same(image, psf)
+        if resolved:
+            psf = convolve_same(source_image(params, spec), psf)
         return 10.0 ** params["log_flux"] * psf
 
     def rate(self, params: Params, spec: ExposureSpec) -> Float[Array, "p p"]:
