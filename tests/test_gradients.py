@@ -18,10 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model import PARAMETER_UNITS, ExposureModel, make_spec
+from model import PARAMETER_UNITS, ExposureModel
 from tests.helpers import (
-    FILTER,
-    NGROUPS,
     NPIX,
     ami_spec,
     directional_derivative,
@@ -71,7 +69,6 @@ AMI_GROUPS = [
 POINT_GROUPS = ["position", "log_flux", "spectral_slope", "aberrations"]
 FIELD_GROUPS = ["positions", "log_fluxes", "pointing", "log_scale", "aberrations", "flat"]
 SHARED_PSF_GROUPS = ["positions", "pointing", "aberrations"]
-SHARED_RESOLVED_GROUPS = ["position", "spectral_slope", "aberrations", "log_image"]
 BINARY_GROUPS = ["separation", "position_angle", "contrast", "position", "log_flux"]
 
 
@@ -138,14 +135,6 @@ def shared_psf_problem(field, field_params):
     return Problem(shared, field_params, field_spec(), seed=5)
 
 
-@pytest.fixture(scope="module")
-def shared_resolved_problem(ami, ami_params):
-    """The resolved source rendered from the shared PSF (`SharedPSF.convolve`), dithered."""
-    shared = ExposureModel(ami.optics, ami.bandpasses, ami.oversample, NPIX)
-    spec = make_spec(FILTER, NGROUPS, roll=23.0, nints=20, dither=(0.05, -0.03))
-    return Problem(shared, ami_params, spec, seed=6)
-
-
 def _check_group(problem: Problem, name: str, seed: int):
     value = problem.params[name]
     rng = np.random.default_rng(seed)
@@ -190,8 +179,3 @@ def test_star_field_gradient(field_problem, name):
 @pytest.mark.parametrize("name", SHARED_PSF_GROUPS)
 def test_shared_psf_star_field_gradient(shared_psf_problem, name):
     _check_group(shared_psf_problem, name, seed=15)
-
-
-@pytest.mark.parametrize("name", SHARED_RESOLVED_GROUPS)
-def test_shared_psf_resolved_gradient(shared_resolved_problem, name):
-    _check_group(shared_resolved_problem, name, seed=17)
