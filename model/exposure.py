@@ -21,7 +21,7 @@ from model.likelihood import (
 )
 from model.optics import Optics
 from model.ramp import ramp_signal
-from model.shared_psf import shared_psf
+from model.shared_psf import SharedPSF, shared_psf
 from model.source import binary_components, convolve_same, normalise_log_image, rotate_image
 from model.spectrum import Bandpass
 
@@ -124,12 +124,27 @@ class ExposureModel(eqx.Module):
             (`model.shared_psf`): point sources must stay within `psf_pad` pixels of
             the centre; a resolved image's light stays off the wrapped edge when its
             half width plus its offset is within `psf_pad`.
+        psfs: filter → its shared PSF, made once for every exposure that follows
+            (`with_shared_psfs`); a filter not here has its PSF made per exposure.
     """
 
     optics: Optics
     bandpasses: dict[str, Bandpass]
     oversample: int = eqx.field(static=True)
     psf_pad: int = eqx.field(static=True, default=0)
+    psfs: dict[str, SharedPSF] = eqx.field(default_factory=dict)
+
+    def with_shared_psfs(self, aberrations: dict[str, Array]) -> "ExposureModel":
+        """This model with each filter's shared PSF made once from `aberrations` (filter →
+        (nterms,) coefficients, nm; the filters this model has) for all the exposures it
+        then renders, which must have those aberrations: one PSF per filter per step,
+        whatever the batches (`psf_pad` > 0)."""
+        psfs = {
+            f: shared_psf(self.optics, self.bandpasses[f].wavelengths, a, self.psf_pad)
+            for f, a in aberrations.items()
+            if f in self.bandpasses
+        }
+        return ExposureModel(self.optics, self.bandpasses, self.oversample, self.psf_pad, psfs)
 
     @property
     def npix(self) -> int:
@@ -146,7 +161,9 @@ class ExposureModel(eqx.Module):
         weights = band.weights(params["spectral_slope"])
         resolved = "log_image" in params and not ("positions" in params or "separation" in params)
         if self.psf_pad:
-            psf = shared_psf(self.optics, band.wavelengths, params["aberrations"], self.psf_pad)
+            psf = self.psfs.get(spec.filter)
+            if psf is None:
+                psf = shared_psf(self.optics, band.wavelengths, params["aberrations"], self.psf_pad)
             if not resolved:
                 return psf.render(weights, *point_sources(params, spec))
             offset = params["position"] + spec.dither
