@@ -8,12 +8,13 @@ sources by summing their phase ramps, weighted by flux, and takes one inverse FF
 
     image = crop( IFFT( Σ_λ w_λ FFT(psf_λ) · Σ_k f_k exp(-2πi (u x_k + v y_k)) ) )
 
-The PSF depends only on the aberrations, so every exposure of a step shares it (under
-`jax.vmap` over exposures it is computed once), and sources cost a phase ramp each, not
-one propagation each. A single point source with a pointing offset is the 1-source case.
-A resolved source (`SharedPSF.convolve`) multiplies the same spectrum by its image's
-spectrum and one phase ramp (its pointing and dither): one forward and one inverse FFT
-per exposure, in place of one MFT per wavelength and a convolution.
+The PSF depends only on the aberrations, so every exposure of a filter shares it (a
+fit's loss makes it once per filter per step, `ExposureModel.with_shared_psfs`), and
+sources cost a phase ramp each, not one propagation each. A single point source with a
+pointing offset is the 1-source case. A resolved source (`SharedPSF.convolve`)
+multiplies the same spectrum by its image's spectrum and one phase ramp (its pointing
+and dither): one forward and one inverse FFT per exposure, in place of one MFT per
+wavelength and a convolution.
 
 The shift is exact for a PSF sampled above Nyquist, up to the PSF light that falls past
 the padded grid's edge: a source at offset d (pixels) needs `pad >= |d|` per axis, and
