@@ -33,7 +33,7 @@ class InstrumentConfig:
     n_hole_zernikes: aberration terms per mask hole; psf_pad: 0 computes each exposure's
     PSF by its own MFT (exact), > 0 renders every exposure from one shared PSF per
     wavelength on the optical grid padded by this many optical pixels a side (at least
-    the image's half width plus the largest pointing and dither; see `model.shared_psf`).
+    the largest pointing and dither; see `model.shared_psf`).
     """
 
     npix: int = 80
@@ -228,12 +228,11 @@ class CampaignConfig:
         n = self.io.image_npix
         require(n <= psf_side, "io.image_npix", f"at most the PSF grid side {psf_side}", n)
         pad, scale = self.instrument.psf_pad, self.instrument.image_pixel_scale
-        need = math.ceil((n - 1) / 2 + 5 * self.epochs.position_scatter / scale)
+        need = math.ceil(5 * self.epochs.position_scatter / scale)
         require(
             not pad or pad >= need,
             "instrument.psf_pad",
-            f"0 or at least {need} optical pixels (the image's half width and 5 sigma of "
-            "pointing scatter)",
+            f"0 or at least {need} optical pixels (5 sigma of pointing scatter)",
             pad,
         )
         side = (n - 2) * self.instrument.image_pixel_scale

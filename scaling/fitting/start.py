@@ -282,9 +282,11 @@ def initial_params(
     fit's whole selection, and `initial_local`).
 
     Raises:
-        ValueError: with the shared PSF, a source at its start, with its dither, the
-            epoch image's half width (a binary: its separation) and `POINTING_MARGIN`,
-            would reach past the padded grid (`check_psf_pad`).
+        ValueError: with the shared PSF, a source at its start, with its dither, a
+            binary's separation and `POINTING_MARGIN`, would reach past the padded grid
+            (`check_psf_pad`). An epoch image's half width need not fit: the PSF wings
+            of its outer light that pass the padded grid's edge wrap round to the far
+            edge (`model.shared_psf`), as the exact mode drops them.
     """
     shared = initial_shared(config, model, campaign)
     local = initial_local(config, observations, len(epochs))
@@ -292,10 +294,9 @@ def initial_params(
         dithers = np.stack([np.asarray(o.spec.dither) for o in observations])
         offsets = np.asarray(local["exposure"]["position"]) + dithers
         extent = 1e-3 * config.binary.separation if config.binary.enabled else 0.0
-        extent = max(extent, (config.image_npix - 1) / 2 * model.optics.psf_pixel_scale)
         reach = np.abs(offsets).max() + extent + POINTING_MARGIN
-        what = "starting positions and dithers, with the image's half width (or the "
-        check_psf_pad(model, reach, what + f"binary's separation) and {POINTING_MARGIN} arcsec,")
+        what = f"sources at their start with dithers, separation and {POINTING_MARGIN} arcsec"
+        check_psf_pad(model, reach, what)
     return join({"shared": shared}, local)
 
 
