@@ -76,6 +76,7 @@ def connect(cluster: ClusterConfig) -> bool:
         # Ray starts its processes with subprocess (fork, then exec at once): safe.
         warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
         ray.init(
+            address="local",  # a new cluster, whatever another process here runs
             num_cpus=max(os.cpu_count() or 1, need),
             include_dashboard=False,
             dashboard_host=LOCAL_HOST,

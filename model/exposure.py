@@ -21,7 +21,7 @@ from model.likelihood import (
 )
 from model.optics import Optics
 from model.ramp import ramp_signal
-from model.shared_psf import shared_psf
+from model.shared_psf import SharedPSF, shared_psf
 from model.source import binary_components, convolve_same, normalise_log_image, rotate_image
 from model.spectrum import Bandpass
 
@@ -79,6 +79,12 @@ def point_sources(
     return offsets + spec.dither[None, :], fluxes
 
 
+def source_image(params: Params, spec: "ExposureSpec") -> Float[Array, "n n"]:
+    """A resolved source's unit-sum image in detector axes (`log_image` normalised and
+    rotated by the exposure's roll), (n, n) at the optical pixel."""
+    return rotate_image(normalise_log_image(params["log_image"]), spec.roll)
+
+
 class ExposureSpec(eqx.Module):
     """What the physics needs to know of an exposure besides the parameters.
 
@@ -119,17 +125,33 @@ class ExposureModel(eqx.Module):
         optics: pupil and focal-plane sampling (oversampled grid of `npix * oversample`).
         bandpasses: filter name → sampled bandpass.
         oversample: optical pixels per detector pixel (per axis).
-        psf_pad: 0 renders every point source by its own MFT (exact); > 0 renders star
-            fields and point sources from one PSF per wavelength on the optical grid
-            padded by this many optical pixels a side, shifted in the Fourier domain
-            (`model.shared_psf`; sources must stay within `psf_pad` pixels of the
-            centre). Resolved sources are always exact.
+        psf_pad: 0 computes each exposure's PSF by its own MFT per source (exact); > 0
+            renders every scene from one PSF per wavelength on the optical grid padded
+            by this many optical pixels a side, placed by Fourier phase ramps
+            (`model.shared_psf`): point sources must stay within `psf_pad` pixels of
+            the centre; a resolved image's light stays off the wrapped edge when its
+            half width plus its offset is within `psf_pad`.
+        psfs: filter → its shared PSF, made once for every exposure that follows
+            (`with_shared_psfs`); a filter not here has its PSF made per exposure.
     """
 
     optics: Optics
     bandpasses: dict[str, Bandpass]
     oversample: int = eqx.field(static=True)
     psf_pad: int = eqx.field(static=True, default=0)
+    psfs: dict[str, SharedPSF] = eqx.field(default_factory=dict)
+
+    def with_shared_psfs(self, aberrations: dict[str, Array]) -> "ExposureModel":
+        """This model with each filter's shared PSF made once from `aberrations` (filter →
+        (nterms,) coefficients, nm; the filters this model has) for all the exposures it
+        then renders, which must have those aberrations: one PSF per filter per step,
+        whatever the batches (`psf_pad` > 0)."""
+        psfs = {
+            f: shared_psf(self.optics, self.bandpasses[f].wavelengths, a, self.psf_pad)
+            for f, a in aberrations.items()
+            if f in self.bandpasses
+        }
+        return ExposureModel(self.optics, self.bandpasses, self.oversample, self.psf_pad, psfs)
 
     @property
     def npix(self) -> int:
@@ -144,10 +166,19 @@ class ExposureModel(eqx.Module):
         """
         band = self.bandpasses[spec.filter]
         weights = band.weights(params["spectral_slope"])
-        if self.psf_pad and "log_image" not in params:
-            offsets, fluxes = point_sources(params, spec)
-            psf = shared_psf(self.optics, band.wavelengths, params["aberrations"], self.psf_pad)
-            return psf.render(weights, offsets, fluxes)
+        resolved = "log_image" in params and not ("positions" in params or "separation" in params)
+        if self.psf_pad:
+            psf = self.psfs.get(spec.filter)
+            if psf is None:
+                psf = shared_psf(self.optics, band.wavelengths, params["aberrations"], self.psf_pad)
+            if not resolved:
+                return psf.render(weights, *point_sources(params, spec))
+            offset = params["position"] + spec.dither
+            image = source_image(params, spec)
+            centre = image.shape[-1] // 2  # a point source batched with resolved ones
+            point = jnp.zeros_like(image).at[centre, centre].set(1.0)
+            image = psf.convolve(weights, jnp.where(spec.resolved, image, point), offset)
+            return 10.0 ** params["log_flux"] * image
         psf_at = lambda pos: self.optics.psf(  # noqa: E731
             band.wavelengths, weights, params["aberrations"], pos
         )
@@ -155,9 +186,8 @@ class ExposureModel(eqx.Module):
             offsets, fluxes = point_sources(params, spec)
             return jnp.tensordot(fluxes, jax.vmap(psf_at)(offsets), axes=1)
         psf = psf_at(params["position"] + spec.dither)
-        if "log_image" in params:
-            image = rotate_image(normalise_log_image(params["log_image"]), spec.roll)
-            psf = jnp.where(spec.resolved, convolve_same(image, psf), psf)
+        if resolved:
+            psf = jnp.where(spec.resolved, convolve_same(source_image(params, spec), psf), psf)
         return 10.0 ** params["log_flux"] * psf
 
     def rate(self, params: Params, spec: ExposureSpec) -> Float[Array, "p p"]:

@@ -17,15 +17,20 @@ def ami_model(
     n_hole_zernikes: int = 3,
     filters: tuple[str, ...] = tuple(FILTERS),
     pixel_scale: float = PIXEL_SCALE,
+    psf_pad: int = 0,
 ) -> ExposureModel:
     """JWST NIRISS AMI: 7-hole mask, per-hole hexikes, SUB80 at 65.6 mas.
 
     The aberration vector has 7 * n_hole_zernikes entries (see `model.pupil.ami_pupil`).
+    `psf_pad` (optical pixels): 0 computes each exposure's PSF by its own MFT (exact);
+    > 0 renders every exposure from one shared PSF per wavelength on the grid padded by
+    that much a side (`ExposureModel.psf_pad`).
     """
     optics = Optics(
         ami_pupil(pupil_npix, n_hole_zernikes), npix * oversample, pixel_scale / oversample
     )
-    return ExposureModel(optics, {f: bandpass(f, nwavels) for f in filters}, oversample)
+    bandpasses = {f: bandpass(f, nwavels) for f in filters}
+    return ExposureModel(optics, bandpasses, oversample, psf_pad)
 
 
 def field_model(

@@ -8,9 +8,13 @@ sources by summing their phase ramps, weighted by flux, and takes one inverse FF
 
     image = crop( IFFT( Σ_λ w_λ FFT(psf_λ) · Σ_k f_k exp(-2πi (u x_k + v y_k)) ) )
 
-The PSF depends only on the aberrations, so every exposure of a step shares it (under
-`jax.vmap` over exposures it is computed once), and sources cost a phase ramp each, not
-one propagation each. A single point source with a pointing offset is the 1-source case.
+The PSF depends only on the aberrations, so every exposure of a filter shares it (a
+fit's loss makes it once per filter per step, `ExposureModel.with_shared_psfs`), and
+sources cost a phase ramp each, not one propagation each. A single point source with a
+pointing offset is the 1-source case. A resolved source (`SharedPSF.convolve`)
+multiplies the same spectrum by its image's spectrum and one phase ramp (its pointing
+and dither): one forward and one inverse FFT per exposure, in place of one MFT per
+wavelength and a convolution.
 
 The shift is exact for a PSF sampled above Nyquist, up to the PSF light that falls past
 the padded grid's edge: a source at offset d (pixels) needs `pad >= |d|` per axis, and
@@ -55,15 +59,53 @@ class SharedPSF(eqx.Module):
                 lie within `pad` pixels of the centre per axis.
             fluxes: (k,) flux of each source.
         """
+        return self._synthesise(weights, self._ramps(offsets / self.pixel_scale, fluxes))
+
+    def convolve(
+        self,
+        weights: Float[Array, " nwavels"],
+        image: Float[Array, "n n"],
+        offset: Float[Array, "2"],
+    ) -> Float[Array, "npix npix"]:
+        """An extended source's image convolved with the PSF, (npix, npix), per pixel.
+
+        The image's centre pixel, index (n - 1) / 2, lands at `offset` from the grid
+        centre, as `model.source.convolve_same` places it on a PSF computed at `offset`.
+        The image is zero-padded onto the padded grid (its spectrum is one `rfft2`) and
+        moved there by the phase ramp of `offset` less its half width.
+
+        Args:
+            weights: (nwavels,) spectral weights.
+            image: (n, n) source on the PSF's pixel grid, n odd and at most the padded side.
+            offset: (x, y) of the image centre from the grid centre, arcsec; light of
+                the image that the PSF carries past the padded grid's edge wraps round
+                (a pad of (n - 1) / 2 pixels plus the offset keeps it out).
+        """
+        n, side = image.shape[-1], self.npix + 2 * self.pad
+        if n % 2 == 0 or n > side:
+            raise ValueError(f"source image side must be odd and at most {side}, got {n}")
+        shift = offset[None, :] / self.pixel_scale - (n - 1) / 2
+        source = jnp.fft.rfft2(image, s=(side, side))
+        return self._synthesise(weights, source * self._ramps(shift, jnp.ones(1)))
+
+    def _ramps(
+        self, shifts: Float[Array, "k 2"], fluxes: Float[Array, " k"]
+    ) -> Complex[Array, "M Mr"]:
+        """Σ_k f_k exp(-2πi (u x_k + v y_k)) on the `rfft2` grid; shifts (x, y) in pixels."""
         side = self.npix + 2 * self.pad
-        spectrum = jnp.tensordot(weights, self.spectra, axes=1)
-        shift = offsets / self.pixel_scale
         fy = jnp.fft.fftfreq(side)
         fx = jnp.fft.rfftfreq(side)
-        ramp_y = jnp.exp(-2j * jnp.pi * shift[:, 1:2] * fy[None, :]) * fluxes[:, None]
-        ramp_x = jnp.exp(-2j * jnp.pi * shift[:, 0:1] * fx[None, :])
-        ramps = ramp_y.T @ ramp_x  # Σ_k f_k e_y,k ⊗ e_x,k: (side, side // 2 + 1)
-        image = jnp.fft.irfft2(spectrum * ramps, s=(side, side))
+        ramp_y = jnp.exp(-2j * jnp.pi * shifts[:, 1:2] * fy[None, :]) * fluxes[:, None]
+        ramp_x = jnp.exp(-2j * jnp.pi * shifts[:, 0:1] * fx[None, :])
+        return ramp_y.T @ ramp_x  # Σ_k f_k e_y,k ⊗ e_x,k: (side, side // 2 + 1)
+
+    def _synthesise(
+        self, weights: Float[Array, " nwavels"], factor: Complex[Array, "M Mr"]
+    ) -> Float[Array, "npix npix"]:
+        """crop(IFFT(Σ_λ w_λ FFT(psf_λ) · factor)): the image on the unpadded grid."""
+        side = self.npix + 2 * self.pad
+        spectrum = jnp.tensordot(weights, self.spectra, axes=1)
+        image = jnp.fft.irfft2(spectrum * factor, s=(side, side))
         return image[self.pad : self.pad + self.npix, self.pad : self.pad + self.npix]
 
 

@@ -1,6 +1,6 @@
 """`scaling bench`: the engine's exposure-gradients per second against the plain loop.
 
-    scaling bench CONFIG.toml --out bench.json [--repeats N]
+    scaling bench CONFIG.toml --out bench.json [--repeats N] [--psf-pad P]
 
 Simulates the campaign of CONFIG into a temporary folder, ingests it, and builds the
 model, starting parameters and settings as `scaling fit` does (default optimisers and
@@ -14,11 +14,18 @@ repeats of each measurement interleaved so that load from other processes hits a
 * **logging**: `MetricLog.add` of one step's metrics into an embedded SQLite MLflow store,
   averaged over enough steps to include its batched sends.
 
+With `--psf-pad P` the engine and its step are also timed in the shared-PSF mode (the
+same instrument with `psf_pad = P`, `model.shared_psf`), interleaved with the rest, and the
+two modes' model slopes are compared at the simulation's true parameters, exposure by
+exposure (so over the campaign's pointings, dithers and rolls); the shared mode's
+gradient is checked against the loop run in the same mode.
+
 Every call is compiled by a first call, timed apart; only warm calls count. All times are
 wall-clock seconds after `jax.block_until_ready`.
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -35,14 +42,17 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from model import ExposureModel
+from model.optics import Optics
 from scaling.config import CampaignConfig, FitConfig, load_config
 from scaling.data.ingest import ingest
+from scaling.data.truthfiles import load_truth
 from scaling.fitting.engine import FitSettings, make_fitter
 from scaling.fitting.objective import loss
-from scaling.fitting.params import Batch, Observation, make_batches
+from scaling.fitting.params import Batch, Observation, make_batches, select
 from scaling.fitting.reference import reference_value_and_grad
 from scaling.simulate import simulate
 
@@ -51,6 +61,9 @@ TARGET_SPEEDUP = 10.0
 
 LOG_STEPS = 200
 """Steps of metrics logged to time `MetricLog.add` (several of its batched sends)."""
+
+EDGE = 8
+"""Detector pixels from the frame's edge left out of the `interior` slope difference."""
 
 
 @dataclass
@@ -64,6 +77,8 @@ class Setup:
     epochs: list[str]
     batches: list[Batch]
     settings: FitSettings
+    shared: ExposureModel | None = None
+    """The same instrument in the shared-PSF mode (`--psf-pad`), or None."""
 
 
 def fit_config(campaign: CampaignConfig, store: Path) -> FitConfig:
@@ -77,8 +92,9 @@ def fit_config(campaign: CampaignConfig, store: Path) -> FitConfig:
     )
 
 
-def prepare(campaign: CampaignConfig, folder: Path) -> Setup:
-    """Simulate `campaign` into `folder`, ingest it and build what a fit starts from."""
+def prepare(campaign: CampaignConfig, folder: Path, psf_pad: int = 0) -> Setup:
+    """Simulate `campaign` into `folder`, ingest it and build what a fit starts from; with
+    `psf_pad`, also the model in the shared-PSF mode (its pad checked as a fit checks it)."""
     from scaling.data.store import Campaign
     from scaling.fitting.start import initial_params, load_observations, settings_from
 
@@ -90,11 +106,76 @@ def prepare(campaign: CampaignConfig, folder: Path) -> Setup:
     names = list(opened.names)
     epochs = sorted(opened.epochs)
     observations = load_observations(opened, names)
-    model = config.instrument.build(sorted({o.spec.filter for o in observations}))
+    filters = sorted({o.spec.filter for o in observations})
+    model = config.instrument.build(filters)
     params = initial_params(config, model, observations, epochs)
     batches = make_batches(observations, names, epochs)
     settings = settings_from(config, observations)
-    return Setup(model, params, observations, names, epochs, batches, settings)
+    shared = None
+    if psf_pad:
+        instrument = dataclasses.replace(config.instrument, psf_pad=psf_pad)
+        shared = instrument.build(filters)
+        initial_params(
+            dataclasses.replace(config, instrument=instrument), shared, observations, epochs
+        )
+    return Setup(model, params, observations, names, epochs, batches, settings, shared)
+
+
+def true_params(setup: Setup, truth_folder: Path) -> dict:
+    """The fit's parameter tree at the simulation's truth (aberrations, detector, images,
+    pointings, fluxes and spectral slopes of every exposure)."""
+    truth, arrays = load_truth(truth_folder)
+    rows = [truth["exposures"][n]["index"] for n in setup.names]
+    filters = truth["filters"]
+    shared = dict(setup.params["shared"])
+    shared["aberrations"] = {
+        f: jnp.asarray(arrays["aberrations"][filters.index(f)]) for f in shared["aberrations"]
+    }
+    for name in ("flat", "ipc", "bfe", "nonlinearity"):
+        shared[name] = jnp.asarray(arrays[name])
+    shared["dark"], shared["jitter"] = jnp.asarray(truth["dark"]), jnp.asarray(truth["jitter"])
+    exposure = {
+        "position": jnp.asarray(arrays["positions"][rows]),
+        "log_flux": jnp.asarray(arrays["log_fluxes"][rows]),
+        "spectral_slope": jnp.asarray(arrays["spectral_slopes"][rows]),
+    }
+    epoch = {"log_image": jnp.asarray(arrays["log_images"])}
+    return {"shared": shared, "epoch": epoch, "exposure": exposure}
+
+
+def mode_differences(setup: Setup, params: dict) -> dict:
+    """How far the shared-PSF mode is from the exact one at `params`, per exposure.
+
+    `slopes`: max |shared − exact| / max |exact| of the model slopes over all pixels, the
+    good ones (the exposure's bad-pixel mask) and those `EDGE` or more from the frame's
+    edge; `illumination`: the same for the oversampled image against the exact mode on
+    the optical grid padded by the pad a side (cropped), which truncates no PSF light
+    that the shared mode keeps.
+    """
+    exact, shared, pad = setup.model, setup.shared, setup.shared.psf_pad
+    optics = exact.optics
+    grid = Optics(optics.pupil, optics.psf_npix + 2 * pad, optics.psf_pixel_scale)
+    padded = dataclasses.replace(exact, optics=grid)
+    slopes = eqx.filter_jit(lambda m, p, s: m.slopes(p, s))
+    image = eqx.filter_jit(lambda m, p, s: m.illumination(p, s))
+    out = {}
+    for obs in setup.observations:
+        i_epoch = None if obs.epoch is None else setup.epochs.index(obs.epoch)
+        p, spec = select(params, obs.spec.filter, setup.names.index(obs.name), i_epoch), obs.spec
+        want, got = np.asarray(slopes(exact, p, spec)), np.asarray(slopes(shared, p, spec))
+        peak, diff = np.abs(want).max(), np.abs(got - want)
+        inner = diff[:, EDGE:-EDGE, EDGE:-EDGE]
+        full = np.asarray(image(padded, p, spec))[pad:-pad, pad:-pad]
+        fast = np.asarray(image(shared, p, spec))
+        out[obs.name] = {
+            "position_arcsec": np.asarray(p["position"] + spec.dither).tolist(),
+            "roll": float(spec.roll),
+            "slopes_all": float(diff.max() / peak),
+            "slopes_good": float(np.where(obs.bad[None], 0.0, diff).max() / peak),
+            "slopes_interior": float(inner.max() / peak),
+            "illumination_vs_padded_exact": float(np.abs(fast - full).max() / np.abs(full).max()),
+        }
+    return out
 
 
 def seconds(call: Callable[[], object]) -> float:
@@ -161,13 +242,19 @@ def measure(setup: Setup, folder: Path, repeats: int, progress: bool = True) -> 
     engine = eqx.filter_jit(jax.value_and_grad(loss, argnums=1))
     fitter = make_fitter(s.model, s.params, s.batches, s.settings)
     state = fitter.init(s.params)
+    reference = lambda model: reference_value_and_grad(  # noqa: E731
+        model, s.params, s.observations, s.names, s.epochs, reg
+    )
     calls = {
         "engine": lambda: engine(s.model, s.params, s.batches, reg),
-        "reference": lambda: reference_value_and_grad(
-            s.model, s.params, s.observations, s.names, s.epochs, reg
-        ),
+        "reference": lambda: reference(s.model),
         "engine_step": lambda: fitter.step(s.params, state, s.batches),
     }
+    if s.shared is not None:
+        shared_fitter = make_fitter(s.shared, s.params, s.batches, s.settings)
+        shared_state = shared_fitter.init(s.params)
+        calls["engine_shared"] = lambda: engine(s.shared, s.params, s.batches, reg)
+        calls["engine_step_shared"] = lambda: shared_fitter.step(s.params, shared_state, s.batches)
     first = {}
     for name, call in calls.items():
         _status(f"compiling {name}", progress)
@@ -180,12 +267,20 @@ def measure(setup: Setup, folder: Path, repeats: int, progress: bool = True) -> 
     _, _, terms = calls["engine_step"]()
     _status("timing MetricLog.add", progress)
     log = log_seconds(folder, {**terms, "step_time": 1.0})
-    return {
+    out = {
         "timings": {name: timing(first[name], warm[name]) for name in calls},
         "log_add_s": log,
         "gradient_max_relative_difference": max_relative_difference(grads, ref_grads),
         "value_relative_difference": abs(float(value - ref_value)) / abs(float(ref_value)),
     }
+    if s.shared is not None:
+        _status("the loop in the shared-PSF mode", progress)
+        (value, grads), (ref_value, ref_grads) = calls["engine_shared"](), reference(s.shared)
+        out["shared_gradient_max_relative_difference"] = max_relative_difference(grads, ref_grads)
+        out["shared_value_relative_difference"] = abs(float(value - ref_value)) / abs(
+            float(ref_value)
+        )
+    return out
 
 
 def _status(line: str, progress: bool) -> None:
@@ -193,7 +288,9 @@ def _status(line: str, progress: bool) -> None:
         print(f"bench     {line}", file=sys.stderr, flush=True)
 
 
-def run_bench(config_path: Path, repeats: int, command: str, progress: bool = True) -> dict:
+def run_bench(
+    config_path: Path, repeats: int, command: str, progress: bool = True, psf_pad: int = 0
+) -> dict:
     """The whole benchmark of a campaign config → the JSON record (see module docstring)."""
     campaign = load_config(config_path)
     if not isinstance(campaign, CampaignConfig):
@@ -201,13 +298,16 @@ def run_bench(config_path: Path, repeats: int, command: str, progress: bool = Tr
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="scaling-bench-") as tmp:
         _status(f"simulating and ingesting {config_path}", progress)
-        setup = prepare(campaign, Path(tmp))
+        setup = prepare(campaign, Path(tmp), psf_pad)
         m = measure(setup, Path(tmp), repeats, progress)
+        if psf_pad:
+            _status("the two modes' slopes at the truth", progress)
+            differences = mode_differences(setup, true_params(setup, Path(tmp) / "simulation"))
     n = len(setup.observations)
     t = m["timings"]
     engine_rate = n / t["engine"]["median_s"]
     reference_rate = n / t["reference"]["median_s"]
-    return {
+    record = {
         "config": str(config_path),
         "command": command,
         "date": started.isoformat(timespec="seconds"),
@@ -224,6 +324,30 @@ def run_bench(config_path: Path, repeats: int, command: str, progress: bool = Tr
         "value_relative_difference": m["value_relative_difference"],
         "log_add_per_step_s": m["log_add_s"],
         "logging_fraction_of_step": m["log_add_s"] / t["engine_step"]["median_s"],
+    }
+    if psf_pad:
+        record["shared_psf"] = shared_record(t, n, psf_pad, m, differences)
+    return record
+
+
+def shared_record(t: dict, n: int, psf_pad: int, m: dict, differences: dict) -> dict:
+    """JSON record of the shared-PSF mode against the exact one (`--psf-pad`)."""
+    worst = {
+        key: max(d[key] for d in differences.values())
+        for key in ("slopes_all", "slopes_good", "slopes_interior", "illumination_vs_padded_exact")
+    }
+    return {
+        "psf_pad": psf_pad,
+        "seconds_per_exposure_step": {
+            "exact": t["engine_step"]["median_s"] / n,
+            "shared": t["engine_step_shared"]["median_s"] / n,
+        },
+        "step_speedup": t["engine_step"]["median_s"] / t["engine_step_shared"]["median_s"],
+        "gradient_speedup": t["engine"]["median_s"] / t["engine_shared"]["median_s"],
+        "gradient_max_relative_difference": m["shared_gradient_max_relative_difference"],
+        "value_relative_difference": m["shared_value_relative_difference"],
+        "max_difference_over_peak": worst,
+        "per_exposure": differences,
     }
 
 
@@ -244,8 +368,24 @@ def summary(result: dict) -> str:
             f"logging   {result['log_add_per_step_s'] * 1e3:.3f} ms per step = "
             f"{100 * result['logging_fraction_of_step']:.3f}% of a "
             f"{t['engine_step']['median_s']:.4f} s step",
+            *_shared_summary(result.get("shared_psf")),
         ]
     )
+
+
+def _shared_summary(shared: dict | None) -> list[str]:
+    if shared is None:
+        return []
+    per, worst = shared["seconds_per_exposure_step"], shared["max_difference_over_peak"]
+    return [
+        f"shared    psf_pad {shared['psf_pad']}: {per['shared']:.4f} s per exposure-step "
+        f"against {per['exact']:.4f} exact ({shared['step_speedup']:.2f}×; gradient "
+        f"{shared['gradient_speedup']:.2f}×); agrees with the loop to "
+        f"{shared['gradient_max_relative_difference']:.2e}",
+        f"slopes    shared − exact, max / peak: {worst['slopes_all']:.2e} all pixels, "
+        f"{worst['slopes_good']:.2e} good, {worst['slopes_interior']:.2e} ≥ {EDGE} px in; "
+        f"image vs exact on the padded grid {worst['illumination_vs_padded_exact']:.2e}",
+    ]
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -255,6 +395,12 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path, help="campaign TOML config (kind = 'io')")
     p.add_argument("--out", type=Path, required=True, help="JSON file for the measurements")
     p.add_argument("--repeats", type=int, default=5, help="warm calls timed per measurement")
+    p.add_argument(
+        "--psf-pad",
+        type=int,
+        default=0,
+        help="also time the shared-PSF mode with this pad (optical pixels) and compare its slopes",
+    )
     p.add_argument("--quiet", action="store_true", help="no status lines or progress bar")
     p.set_defaults(handler=bench_command)
 
@@ -262,10 +408,13 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 def bench_command(args: argparse.Namespace) -> int:
     """Run `scaling bench`; returns 0 (bad input raises: `scaling.cli.main` reports it)."""
     words = ["scaling", "bench", str(args.config), "--out", str(args.out)]
-    command = shlex.join([*words, "--repeats", str(args.repeats)])
+    words += ["--repeats", str(args.repeats)]
+    command = shlex.join([*words, "--psf-pad", str(args.psf_pad)] if args.psf_pad else words)
     if args.repeats < 1:
         raise ValueError(f"--repeats: expected an integer >= 1, got {args.repeats}")
-    result = run_bench(args.config, args.repeats, command, progress=not args.quiet)
+    if args.psf_pad < 0:
+        raise ValueError(f"--psf-pad: expected an integer >= 0, got {args.psf_pad}")
+    result = run_bench(args.config, args.repeats, command, not args.quiet, args.psf_pad)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))

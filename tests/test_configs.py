@@ -99,6 +99,8 @@ def test_values_are_typed(tmp_path):
         ("[instrument]\nnpix = true\n", "instrument.npix", ["expected an integer"]),
         ("[instrument]\nnpix = 8.5\n", "instrument.npix", ["expected an integer"]),
         ("[io]\nimage_npix = 66\n", "io.image_npix", ["odd"]),
+        ("[instrument]\npsf_pad = -1\n", "instrument.psf_pad", [">= 0"]),
+        ("[instrument]\npsf_pad = 2\n", "instrument.psf_pad", ["at least 3", "pointing"]),
         ("[io]\ndiameter = 3.0\n", "io.diameter", ["at most the image side"]),
         ("[[io.volcanoes]]\nname = 'Loki'\n", "io.volcanoes[0].latitude", ["missing"]),
         (

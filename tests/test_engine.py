@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model import ExposureModel
 from scaling.config import OptimiserConfig
 from scaling.fitting.engine import FitSettings, join, make_fitter, renormalise_images, split
 from scaling.fitting.objective import loss
@@ -30,6 +31,10 @@ from scaling.fitting.reference import reference_value_and_grad
 from tests.campaigns import cut_with_masks, mixed_campaign
 
 REG = {"tv": 1.0, "maxent": 0.1}
+
+SHARED_PAD = 12
+"""Optical pixels a side for the shared-PSF mode: the 9-pixel images' half width (4),
+the pointings (< 1) and margin."""
 
 
 def padded_campaign():
@@ -98,7 +103,22 @@ def test_batches_group_by_kind_calibrators_with_science(campaign):
 
 def test_engine_gradient_equals_reference_loop(campaign):
     m, truth, obs, names, epochs, batches = campaign
-    params = _perturbed(truth)
+    _check_engine_against_loop(m, _perturbed(truth), obs, names, epochs, batches)
+
+
+def test_shared_psf_engine_equals_its_loop(campaign):
+    """The shared-PSF mode (`model.shared_psf`; under the engine's vmap the PSF is made
+    once per batch, in the loop once per exposure) on the two slope exposures of the
+    resolved source (one batch), each padded by `SHARED_PAD`."""
+    m, truth, obs, names, epochs, _ = campaign
+    shared = ExposureModel(m.optics, m.bandpasses, m.oversample, SHARED_PAD)
+    obs = [o for o in obs if o.kind == "slopes" and o.epoch is not None]
+    (batch,) = make_batches(obs, names, epochs)
+    assert batch.size == 2
+    _check_engine_against_loop(shared, _perturbed(truth), obs, names, epochs, [batch])
+
+
+def _check_engine_against_loop(m, params, obs, names, epochs, batches):
     value, grads = eqx.filter_jit(jax.value_and_grad(loss, argnums=1))(m, params, batches, REG)
     ref_value, ref_grads = reference_value_and_grad(m, params, obs, names, epochs, REG)
     assert abs(float(value - ref_value)) <= 1e-10 * abs(float(ref_value))

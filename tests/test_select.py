@@ -26,7 +26,9 @@ from scaling.fitting.params import Observation
 from scaling.fitting.start import (
     centroid_position,
     initial_local,
+    initial_params,
     initial_shared,
+    load_observations,
     open_selection,
     settings_from,
 )
@@ -216,6 +218,23 @@ def test_centroid_start_is_where_the_model_puts_the_star():
     np.testing.assert_allclose(local["exposure"]["position"][0], found, rtol=0, atol=1e-15)
     centred = initial_local(FitConfig(), [observation], 0)  # the default: the old start
     np.testing.assert_array_equal(centred["exposure"]["position"], np.zeros((1, 2)))
+
+
+def test_the_shared_psf_pad_must_cover_the_pointings(store):
+    """Sources at the centre, no dithers and 0.1 arcsec of margin: 4 optical pixels of
+    32.8 mas (the images' half width need not fit: their far light wraps round)."""
+    campaign = open_selection(_config(store))
+    names, epochs = list(campaign.names), sorted(campaign.epochs)
+    observations = load_observations(campaign, names)
+    for pad, fits in ((3, False), (4, True)):
+        instrument = dataclasses.replace(TINY, psf_pad=pad)
+        config = dataclasses.replace(_config(store, image_npix=5), instrument=instrument)
+        model = instrument.build([FILTER])
+        if fits:
+            assert initial_params(config, model, observations, epochs)["exposure"]["position"].shape
+        else:
+            with pytest.raises(ValueError, match=r"instrument.psf_pad: .* 4 optical pixels; got 3"):
+                initial_params(config, model, observations, epochs)
 
 
 def test_science_positions_are_frozen_only_where_the_image_carries_the_pointing():

@@ -2,6 +2,7 @@
 for pixel calibration (`FlatFieldConfig`). Every key has a default."""
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -17,7 +18,10 @@ from scaling.config.checks import check_filter, non_negative, positive_ints, req
 @functools.lru_cache(maxsize=8)
 def _ami_model(instrument: "InstrumentConfig", filters: tuple[str, ...]) -> ExposureModel:
     i = instrument
-    return ami_model(i.npix, i.oversample, i.pupil_npix, i.nwavels, i.n_hole_zernikes, filters)
+    return ami_model(
+        i.npix, i.oversample, i.pupil_npix, i.nwavels, i.n_hole_zernikes, filters,
+        psf_pad=i.psf_pad,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,10 @@ class InstrumentConfig:
 
     npix: detector side, pixels; oversample: optical pixels per detector pixel;
     pupil_npix: pupil samples across the primary; nwavels: wavelengths per filter;
-    n_hole_zernikes: aberration terms per mask hole.
+    n_hole_zernikes: aberration terms per mask hole; psf_pad: 0 computes each exposure's
+    PSF by its own MFT (exact), > 0 renders every exposure from one shared PSF per
+    wavelength on the optical grid padded by this many optical pixels a side (at least
+    the largest pointing and dither; see `model.shared_psf`).
     """
 
     npix: int = 80
@@ -34,9 +41,11 @@ class InstrumentConfig:
     pupil_npix: int = 256
     nwavels: int = 5
     n_hole_zernikes: int = 3
+    psf_pad: int = 0
 
     def __post_init__(self):
         positive_ints(self, "oversample", "nwavels", "n_hole_zernikes")
+        positive_ints(self, "psf_pad", minimum=0)
         positive_ints(self, "npix", "pupil_npix", minimum=8)
 
     def build(self, filters) -> ExposureModel:
@@ -219,6 +228,14 @@ class CampaignConfig:
         psf_side = self.instrument.npix * self.instrument.oversample
         n = self.io.image_npix
         require(n <= psf_side, "io.image_npix", f"at most the PSF grid side {psf_side}", n)
+        pad, scale = self.instrument.psf_pad, self.instrument.image_pixel_scale
+        need = math.ceil(5 * self.epochs.position_scatter / scale)
+        require(
+            not pad or pad >= need,
+            "instrument.psf_pad",
+            f"0 or at least {need} optical pixels (5 sigma of pointing scatter)",
+            pad,
+        )
         side = (n - 2) * self.instrument.image_pixel_scale
         require(
             self.io.diameter <= side,

@@ -107,7 +107,10 @@ def loss_terms(
     reg_weights: dict[str, float],
     diagonal: bool = False,
 ) -> dict[str, Float[Array, ""]]:
-    """{"nll": Σ NLL, "regulariser": Σ R, "total": their sum}."""
+    """{"nll": Σ NLL, "regulariser": Σ R, "total": their sum}. In the shared-PSF mode each
+    filter's PSF is made once for all batches (`ExposureModel.with_shared_psfs`)."""
+    if model.psf_pad:
+        model = model.with_shared_psfs(params["shared"]["aberrations"])
     nll = sum(jnp.sum(batch_nll(model, params, b, diagonal)) for b in batches)
     reg = regulariser_terms(params, reg_weights)
     return {"nll": nll, "regulariser": reg, "total": nll + reg}

@@ -147,18 +147,31 @@ def star_field_start(config: StarFieldFitConfig, campaign: Campaign, model) -> d
     band = next(iter(model.bandpasses.values()))
     fwhm = band.centre / config.instrument.diameter / ARCSEC
     positions, log_fluxes = find_stars(first, config.stars, config.instrument.pixel_scale, fwhm)
-    if model.psf_pad:
-        dithers = np.array(
-            [[campaign.info(n).dither_x, campaign.info(n).dither_y] for n in campaign.names]
-        )
-        reach = np.abs(positions).max() + np.abs(dithers).max() + 2 * fwhm
-        need = int(np.ceil(reach / model.optics.psf_pixel_scale))
-        if need > model.psf_pad:
-            raise ValueError(
-                f"instrument.psf_pad: stars and dithers reach {reach:.2f} arcsec from the "
-                f"centre (with 2 FWHM of margin), {need} optical pixels; got {model.psf_pad}"
-            )
+    dithers = np.array(
+        [[campaign.info(n).dither_x, campaign.info(n).dither_y] for n in campaign.names]
+    )
+    reach = np.abs(positions).max() + np.abs(dithers).max() + 2 * fwhm
+    check_psf_pad(model, reach, "stars and dithers (with 2 FWHM of margin)")
     return {"positions": jnp.asarray(positions), "log_fluxes": jnp.asarray(log_fluxes)}
+
+
+POINTING_MARGIN = 0.1
+"""arcsec a source may move in a fit beyond its start, allowed for by the shared PSF's pad."""
+
+
+def check_psf_pad(model: ExposureModel, reach: float, what: str) -> None:
+    """Check that light `reach` arcsec from the grid centre (per axis) stays within the
+    shared PSF's padded grid (`ExposureModel.psf_pad`; nothing to check when it is 0).
+
+    Raises:
+        ValueError: the pad is smaller, naming `instrument.psf_pad` and `what` reaches.
+    """
+    need = int(np.ceil(reach / model.optics.psf_pixel_scale))
+    if model.psf_pad and need > model.psf_pad:
+        raise ValueError(
+            f"instrument.psf_pad: {what} reach {reach:.2f} arcsec from the centre, {need} "
+            f"optical pixels; got {model.psf_pad}"
+        )
 
 
 def calibration_values(location: str, like: dict) -> dict:
@@ -266,11 +279,25 @@ def initial_params(
     campaign: Campaign | None = None,
 ) -> dict:
     """Starting point of a fit of `observations` (`initial_shared` with `campaign`, the
-    fit's whole selection, and `initial_local`)."""
-    return join(
-        {"shared": initial_shared(config, model, campaign)},
-        initial_local(config, observations, len(epochs)),
-    )
+    fit's whole selection, and `initial_local`).
+
+    Raises:
+        ValueError: with the shared PSF, a source at its start, with its dither, a
+            binary's separation and `POINTING_MARGIN`, would reach past the padded grid
+            (`check_psf_pad`). An epoch image's half width need not fit: the PSF wings
+            of its outer light that pass the padded grid's edge wrap round to the far
+            edge (`model.shared_psf`), as the exact mode drops them.
+    """
+    shared = initial_shared(config, model, campaign)
+    local = initial_local(config, observations, len(epochs))
+    if "position" in local["exposure"]:
+        dithers = np.stack([np.asarray(o.spec.dither) for o in observations])
+        offsets = np.asarray(local["exposure"]["position"]) + dithers
+        extent = 1e-3 * config.binary.separation if config.binary.enabled else 0.0
+        reach = np.abs(offsets).max() + extent + POINTING_MARGIN
+        what = f"sources at their start with dithers, separation and {POINTING_MARGIN} arcsec"
+        check_psf_pad(model, reach, what)
+    return join({"shared": shared}, local)
 
 
 def freeze_science_positions(observations: list[Observation]):
