@@ -10,7 +10,7 @@ import numpy as np
 
 from model import ExposureModel, ami_model, field_model
 from model.constants import PIXEL_SCALE
-from scaling.config.checks import check_filter, non_negative, positive_ints, require
+from scaling.config.checks import check_filter, check_grid, non_negative, positive_ints, require
 
 # --- the Io campaign -------------------------------------------------------------------
 
@@ -44,9 +44,8 @@ class InstrumentConfig:
     psf_pad: int = 0
 
     def __post_init__(self):
-        positive_ints(self, "oversample", "nwavels", "n_hole_zernikes")
-        positive_ints(self, "psf_pad", minimum=0)
-        positive_ints(self, "npix", "pupil_npix", minimum=8)
+        check_grid(self)
+        positive_ints(self, "n_hole_zernikes")
 
     def build(self, filters) -> ExposureModel:
         """The AMI exposure model at these sizes for `filters` (names). Models are
@@ -272,10 +271,9 @@ class FieldInstrumentConfig:
     psf_pad: int = 0
 
     def __post_init__(self):
-        positive_ints(self, "oversample", "nwavels", "n_zernikes")
-        positive_ints(self, "psf_pad", minimum=0)
+        check_grid(self)
+        positive_ints(self, "n_zernikes")
         non_negative(self, "vane_width")
-        positive_ints(self, "npix", "pupil_npix", minimum=8)
         for name in ("diameter", "pixel_scale", "group_time"):
             require(getattr(self, name) > 0, name, "a number > 0", getattr(self, name))
 
