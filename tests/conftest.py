@@ -79,9 +79,3 @@ def real_files() -> list[Path]:
         pytest.skip(f"real JWST data not present at {DATA}")
     return files
 
-
-def pytest_collection_modifyitems(items):
-    """The Ray tests (the longest modules) first: `make test`'s 2 pytest-xdist workers
-    take whole modules in this order, so those run side by side from the start and the
-    short modules fill in after."""
-    items.sort(key=lambda item: item.get_closest_marker("ray") is None)
