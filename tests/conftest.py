@@ -78,4 +78,3 @@ def real_files() -> list[Path]:
     if not files:
         pytest.skip(f"real JWST data not present at {DATA}")
     return files
-
