@@ -78,3 +78,10 @@ def real_files() -> list[Path]:
     if not files:
         pytest.skip(f"real JWST data not present at {DATA}")
     return files
+
+
+def pytest_collection_modifyitems(items):
+    """The Ray tests (the longest modules: test_cluster, test_sweep) first: `make test`'s
+    2 pytest-xdist workers take whole modules in this order, so those two start side by
+    side instead of queueing behind each other on one worker (which made a 12-minute run)."""
+    items.sort(key=lambda item: item.get_closest_marker("ray") is None)
