@@ -178,6 +178,16 @@ def mode_differences(setup: Setup, params: dict) -> dict:
     return out
 
 
+def agreement(engine: tuple, reference: tuple) -> dict[str, float]:
+    """How the engine's (value, gradients) agree with the loop's: the largest relative
+    gradient difference (`max_relative_difference`) and the relative value difference."""
+    (value, grads), (ref_value, ref_grads) = engine, reference
+    return {
+        "gradient_max_relative_difference": max_relative_difference(grads, ref_grads),
+        "value_relative_difference": abs(float(value - ref_value)) / abs(float(ref_value)),
+    }
+
+
 def seconds(call: Callable[[], object]) -> float:
     """Wall-clock seconds of `call()` until its result is computed."""
     start = time.perf_counter()
@@ -263,23 +273,17 @@ def measure(setup: Setup, folder: Path, repeats: int, progress: bool = True) -> 
     for _ in tqdm(range(repeats), desc="bench", disable=not progress):
         for name, call in calls.items():
             warm[name].append(seconds(call))
-    (value, grads), (ref_value, ref_grads) = calls["engine"](), calls["reference"]()
     _, _, terms = calls["engine_step"]()
     _status("timing MetricLog.add", progress)
     log = log_seconds(folder, {**terms, "step_time": 1.0})
     out = {
         "timings": {name: timing(first[name], warm[name]) for name in calls},
         "log_add_s": log,
-        "gradient_max_relative_difference": max_relative_difference(grads, ref_grads),
-        "value_relative_difference": abs(float(value - ref_value)) / abs(float(ref_value)),
+        **agreement(calls["engine"](), calls["reference"]()),
     }
     if s.shared is not None:
         _status("the loop in the shared-PSF mode", progress)
-        (value, grads), (ref_value, ref_grads) = calls["engine_shared"](), reference(s.shared)
-        out["shared_gradient_max_relative_difference"] = max_relative_difference(grads, ref_grads)
-        out["shared_value_relative_difference"] = abs(float(value - ref_value)) / abs(
-            float(ref_value)
-        )
+        out["shared"] = agreement(calls["engine_shared"](), reference(s.shared))
     return out
 
 
@@ -344,8 +348,7 @@ def shared_record(t: dict, n: int, psf_pad: int, m: dict, differences: dict) -> 
         },
         "step_speedup": t["engine_step"]["median_s"] / t["engine_step_shared"]["median_s"],
         "gradient_speedup": t["engine"]["median_s"] / t["engine_shared"]["median_s"],
-        "gradient_max_relative_difference": m["shared_gradient_max_relative_difference"],
-        "value_relative_difference": m["shared_value_relative_difference"],
+        **m["shared"],
         "max_difference_over_peak": worst,
         "per_exposure": differences,
     }
