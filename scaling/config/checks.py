@@ -40,11 +40,3 @@ def non_negative(obj, *names: str) -> None:
 
 def check_filter(key: str, name: str) -> None:
     require(name in FILTERS, key, f"one of {sorted(FILTERS)}", name)
-
-
-def check_grid(config) -> None:
-    """The sampling every instrument config has: `npix` and `pupil_npix` >= 8,
-    `oversample` and `nwavels` >= 1, `psf_pad` >= 0 (optical pixels)."""
-    positive_ints(config, "oversample", "nwavels")
-    positive_ints(config, "psf_pad", minimum=0)
-    positive_ints(config, "npix", "pupil_npix", minimum=8)

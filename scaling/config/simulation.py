@@ -10,7 +10,7 @@ import numpy as np
 
 from model import ExposureModel, ami_model, field_model
 from model.constants import PIXEL_SCALE
-from scaling.config.checks import check_filter, check_grid, non_negative, positive_ints, require
+from scaling.config.checks import check_filter, non_negative, positive_ints, require
 
 # --- the Io campaign -------------------------------------------------------------------
 
@@ -25,26 +25,41 @@ def _ami_model(instrument: "InstrumentConfig", filters: tuple[str, ...]) -> Expo
 
 
 @dataclass(frozen=True)
-class InstrumentConfig:
-    """Sizes of the AMI forward model (see `model.ami_model`).
+class SamplingConfig:
+    """How finely an imager is sampled; both instrument configs extend it (the
+    defaults are the AMI demo's).
 
     npix: detector side, pixels; oversample: optical pixels per detector pixel;
-    pupil_npix: pupil samples across the primary; nwavels: wavelengths per filter;
-    n_hole_zernikes: aberration terms per mask hole; psf_pad: 0 computes each exposure's
-    PSF by its own MFT (exact), > 0 renders every exposure from one shared PSF per
-    wavelength on the optical grid padded by this many optical pixels a side (at least
-    the largest pointing and dither; see `model.shared_psf`).
+    pupil_npix: pupil samples across the aperture; nwavels: wavelengths per filter;
+    psf_pad: 0 computes each exposure's PSF (or each star's) by its own MFT (exact),
+    > 0 renders them from one shared PSF per wavelength on the optical grid padded by
+    this many optical pixels a side (at least the largest pointing, dither or star
+    offset; see `model.shared_psf`).
     """
 
     npix: int = 80
     oversample: int = 3
     pupil_npix: int = 256
     nwavels: int = 5
-    n_hole_zernikes: int = 3
     psf_pad: int = 0
 
     def __post_init__(self):
-        check_grid(self)
+        positive_ints(self, "oversample", "nwavels")
+        positive_ints(self, "psf_pad", minimum=0)
+        positive_ints(self, "npix", "pupil_npix", minimum=8)
+
+
+@dataclass(frozen=True)
+class InstrumentConfig(SamplingConfig):
+    """Sizes of the AMI forward model (see `model.ami_model`): the sampling
+    (`SamplingConfig`, whose defaults are the AMI's) and n_hole_zernikes, the aberration
+    terms per mask hole.
+    """
+
+    n_hole_zernikes: int = 3
+
+    def __post_init__(self):
+        super().__post_init__()
         positive_ints(self, "n_hole_zernikes")
 
     def build(self, filters) -> ExposureModel:
@@ -248,30 +263,22 @@ class CampaignConfig:
 
 
 @dataclass(frozen=True)
-class FieldInstrumentConfig:
-    """Sizes of the filled-aperture imager (see `model.field_model`).
-
-    diameter: aperture, metres; pixel_scale: detector pixel, arcsec; n_zernikes:
-    aberration terms (Noll 4 onwards); group_time: seconds between reads; vane_width:
-    three spider vanes, metres (0: none; they break the sign ambiguity of even Zernikes);
-    psf_pad: 0 renders each star by its own MFT, > 0 from one shared PSF per wavelength
-    on the optical grid padded by this many optical pixels a side (stars and dithers
-    must stay within it; see `model.shared_psf`).
+class FieldInstrumentConfig(SamplingConfig):
+    """Sizes of the filled-aperture imager (see `model.field_model`): the sampling
+    (`SamplingConfig`; the flat-field configs set their own sizes), and diameter: aperture, metres;
+    pixel_scale: detector pixel, arcsec; n_zernikes: aberration terms (Noll 4 onwards);
+    group_time: seconds between reads; vane_width: three spider vanes, metres (0: none;
+    they break the sign ambiguity of even Zernikes).
     """
 
-    npix: int = 64
-    oversample: int = 2
-    pupil_npix: int = 128
-    nwavels: int = 3
     diameter: float = 1.0
     pixel_scale: float = 0.375
     n_zernikes: int = 7
     group_time: float = 1.0
     vane_width: float = 0.0
-    psf_pad: int = 0
 
     def __post_init__(self):
-        check_grid(self)
+        super().__post_init__()
         positive_ints(self, "n_zernikes")
         non_negative(self, "vane_width")
         for name in ("diameter", "pixel_scale", "group_time"):
