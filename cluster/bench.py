@@ -1,15 +1,31 @@
-"""Side-by-side timing of one fit in process and on N Ray workers (JSON).
+"""Side-by-side timing of one fit in process and on N Ray workers, over campaign sizes.
 
     python -m cluster.bench configs/io_demo.toml configs/io_demo_fit.toml \\
         --workers 0,1,2 --steps 60 --out out/cluster_bench.json [--gpus-per-worker 1]
+    python -m cluster.bench configs/io_campaign_large.toml configs/io_demo_fit.toml \\
+        --exposures 50,100,200,400 --workers 1,2 --steps 6 --warmup 2 --psf-pad 8 \\
+        --out out/scaling.json
 
-Simulates and ingests the campaign into a temporary folder (MLflow there too), then fits
-it once per worker count (0: in this process) and records the median step time after
-the first five steps, the time per exposure-step, each worker's median compute time, the
-median of each step's time beyond its slowest worker's compute (Ray and the coordinator:
-the shared update, the gradient sum, the transfers), the peak device memory each worker
-reports (GPUs), and the final loss, which must agree across worker counts to float64
-round-off.
+Simulates and ingests the campaign into a temporary folder (MLflow there too). With
+`--exposures` it fits sub-campaigns of it: for each size, whole observations (an epoch,
+or a calibrator visit) in time order until at least that many exposures (the first
+epochs and the calibrators among them). Each size is fitted once per worker count (0: in
+this process) with a fresh persistent compilation cache (cold), then, on workers, its
+first step is timed again by a one-step fit with that cache (warm). Per run it records:
+
+* the median step time after `--warmup` steps, exposure-steps per second and the time
+  per exposure-step;
+* each worker's median compute time, and the coordinator's share of the step: the
+  median of each step's time beyond its slowest worker's compute (Ray's transfers, the
+  gradient sum, the shared update) as milliseconds and as a fraction of the step;
+* the peak resident host memory of the driver during the fit and of each worker (and
+  the peak device memory of workers on GPUs);
+* the time to gather and write the checkpoint (the fit writes one, at its last step);
+* the first step with a cold and a warm compile cache;
+* the final loss, which must agree across worker counts to float64 round-off.
+
+It writes the JSON, prints a table, and with `--exposures` draws a PNG beside the JSON:
+time per exposure-step and the coordinator's share against exposures.
 """
 
 import argparse
@@ -26,14 +42,16 @@ import numpy as np
 import ray
 
 from cluster.cli import stepper_for
-from cluster.worker import device_peaks
+from cluster.coordinator import connect
+from cluster.worker import device_peaks, host_peak_bytes, reset_host_peak
 from scaling.config import CampaignConfig, FitConfig, load_config
 from scaling.data.ingest import ingest
+from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
 from scaling.simulate import simulate
 
 WARMUP = 5
-"""Steps left out of the median (compilation and first transfers)."""
+"""Steps left out of the medians by default (compilation and first transfers)."""
 
 
 def _memory(stepper) -> dict:
@@ -43,20 +61,31 @@ def _memory(stepper) -> dict:
     return {"driver": device_peaks()}
 
 
-def _overhead_ms(history: dict) -> float | None:
-    """Median over steps after the warm-up of the step time minus its slowest worker's
-    compute: what Ray and the coordinator add (None in process)."""
+def _overhead(history: dict, warmup: int) -> tuple[float | None, float | None]:
+    """(median ms, median fraction of the step) over steps after `warmup` of the step
+    time beyond its slowest worker's compute: what Ray and the coordinator add (None, None
+    in process)."""
     workers = [np.asarray(v) for k, v in history.items() if k.startswith("worker_time.")]
     if not workers:
-        return None
-    extra = np.asarray(history["step_time"]) - np.max(workers, axis=0)
-    return float(1000 * np.median(extra[WARMUP:]))
+        return None, None
+    steps = np.asarray(history["step_time"])[warmup:]
+    extra = steps - np.max(workers, axis=0)[warmup:]
+    return float(1000 * np.median(extra)), float(np.median(extra / steps))
 
 
-def time_fit(config: FitConfig, workers: int, gpus: float, exposures: int) -> dict:
-    """Fit with `workers` Ray workers (0: in process) and summarise its timings."""
-    cluster = dataclasses.replace(config.cluster, workers=workers, gpus_per_worker=gpus)
-    config = dataclasses.replace(config, cluster=cluster)
+def _with_workers(config: FitConfig, workers: int, gpus: float, cache: str) -> FitConfig:
+    cluster = dataclasses.replace(
+        config.cluster, workers=workers, gpus_per_worker=gpus, compile_cache=cache
+    )
+    return dataclasses.replace(config, cluster=cluster)
+
+
+def time_fit(
+    config: FitConfig, workers: int, gpus: float, exposures: int, warmup: int, cache: str
+) -> dict:
+    """Fit with `workers` Ray workers (0: in process) and summarise its timings; on
+    workers, time a one-step fit with the same compile cache afterwards (warm)."""
+    config = _with_workers(config, workers, gpus, cache)
     seen: dict = {}
 
     def at_end(step, stepper):
@@ -64,25 +93,42 @@ def time_fit(config: FitConfig, workers: int, gpus: float, exposures: int) -> di
             seen["memory"] = _memory(stepper)
             seen["placement"] = getattr(stepper, "where", [])
 
+    reset_host_peak()
     began = time.perf_counter()
     outcome = fit_campaign(config, progress=False, stepper=stepper_for(config), callback=at_end)
     wall = time.perf_counter() - began
+    driver_peak = host_peak_bytes()
     steps = np.asarray(outcome.history["step_time"])
-    median = float(np.median(steps[WARMUP:]))
+    median = float(np.median(steps[warmup:]))
+    overhead_ms, share = _overhead(outcome.history, warmup)
+    warm = None
+    if workers:
+        again = dataclasses.replace(
+            config, steps=1, checkpoint_every=1, results=config.results + "-warm"
+        )
+        warm = float(
+            fit_campaign(again, progress=False, stepper=stepper_for(again)).history["step_time"][0]
+        )
     return {
         "workers": workers,
+        "exposures": exposures,
         "gpus_per_worker": gpus,
         "wall_s": wall,
         "first_step_s": float(steps[0]),
+        "first_step_warm_cache_s": warm,
         "median_step_s": median,
+        "exposure_steps_per_s": exposures / median,
         "exposure_step_ms": 1000 * median / exposures,
-        "median_ray_overhead_ms": _overhead_ms(outcome.history),
+        "median_ray_overhead_ms": overhead_ms,
+        "coordinator_share": share,
         "median_worker_compute_s": {
-            k: float(np.median(np.asarray(v)[WARMUP:]))
+            k: float(np.median(np.asarray(v)[warmup:]))
             for k, v in outcome.history.items()
             if k.startswith("worker_time.")
         },
-        "peak_device_bytes": seen.get("memory", {}),
+        "driver_peak_host_bytes": driver_peak,
+        "peak_bytes": seen.get("memory", {}),
+        "checkpoint_s": outcome.checkpoint_seconds,
         "placement": [
             {k: w[k] for k in ("index", "node_id", "devices", "cost")}
             for w in seen.get("placement", [])
@@ -92,36 +138,121 @@ def time_fit(config: FitConfig, workers: int, gpus: float, exposures: int) -> di
     }
 
 
-def bench(
-    campaign: CampaignConfig, fit: FitConfig, workers: list[int], steps: int, gpus: float
-) -> dict:
-    """Timings of the same fit for each worker count, with host details."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        files = simulate(campaign, root / "sim", progress=False)
-        ingest([str(f) for f in files], root / "campaign.zarr", progress=False)
-        runs = []
+def sub_campaigns(store: str, sizes: list[int]) -> list[tuple[int, ...]]:
+    """For each size, the observation numbers of the first whole observations of `store`
+    in time order that hold at least that many exposures (all of them at most)."""
+    campaign = Campaign.open(store)
+    starts: dict[int, float] = {}
+    for e in campaign.exposures:
+        starts[e.observation] = min(e.expmid, starts.get(e.observation, np.inf))
+    order = sorted(starts, key=starts.get)
+    counts = {o: sum(e.observation == o for e in campaign.exposures) for o in order}
+    cumulative = np.cumsum([counts[o] for o in order])
+    return [tuple(order[: int(np.searchsorted(cumulative, n)) + 1]) for n in sizes]
+
+
+def _line(run: dict) -> str:
+    share = run["coordinator_share"]
+    warm = run["first_step_warm_cache_s"]
+    workers = [v["host"] for v in run["peak_bytes"].values() if "host" in v]
+    return (
+        f"{run['exposures']:>9} {run['workers']:>7} {1000 * run['median_step_s']:>9.1f} "
+        f"{run['exposure_step_ms']:>8.2f} {run['exposure_steps_per_s']:>8.1f} "
+        f"{'-' if share is None else f'{100 * share:.1f}%':>7} "
+        f"{run['first_step_s']:>7.1f} {'-' if warm is None else f'{warm:.1f}':>6} "
+        f"{np.median(run['checkpoint_s']):>7.2f} {run['driver_peak_host_bytes'] / 2**20:>8.0f} "
+        f"{'/'.join(f'{b / 2**20:.0f}' for b in workers) or '-':>11}"
+    )
+
+
+def table(runs: list[dict]) -> str:
+    """One line per run (times s or ms, memory MiB)."""
+    head = (
+        "exposures workers   ms/step ms/exp-s  exp-s/s  coord. first s warm s ckpt s "
+        "driver MiB  worker MiB"
+    )
+    return "\n".join([head, *map(_line, runs)])
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """Time per exposure-step and coordinator share against exposures, a line per worker
+    count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for n in sorted({r["workers"] for r in runs}):
+        mine = sorted((r for r in runs if r["workers"] == n), key=lambda r: r["exposures"])
+        x = [r["exposures"] for r in mine]
+        label = f"{n} workers" if n else "in process"
+        left.plot(x, [r["exposure_step_ms"] for r in mine], "o-", label=label)
+        if n:
+            right.plot(x, [100 * r["coordinator_share"] for r in mine], "o-", label=label)
+    left.set(xlabel="exposures", ylabel="ms per exposure-step", xscale="log", ylim=(0, None))
+    right.set(xlabel="exposures", ylabel="coordinator share of the step (%)", xscale="log")
+    right.axhline(5, color="grey", ls=":", label="5%")
+    for ax in (left, right):
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _runs(campaign, fit, root: Path, workers, steps, gpus, sizes, warmup):
+    """(runs, final-loss spread per size, exposures of the campaign) in folder `root`."""
+    files = simulate(campaign, root / "sim", progress=False)
+    store = str(root / "campaign.zarr")
+    ingest([str(f) for f in files], store, progress=False)
+    runs, spreads = [], {}
+    for selection in sub_campaigns(store, sizes or [len(files)]):
+        count = len(Campaign.open(store).select(observation=selection).names)
+        losses = []
         for n in workers:
             config = dataclasses.replace(
                 fit,
-                campaign=str(root / "campaign.zarr"),
-                results=str(root / f"results{n}.zarr"),
+                campaign=store,
+                results=str(root / f"results{count}-{n}.zarr"),
                 truth="",
                 steps=steps,
                 checkpoint_every=steps,
+                select=dataclasses.replace(fit.select, observations=selection),
                 tracking=dataclasses.replace(fit.tracking, uri=f"sqlite:///{root}/mlflow.db"),
             )
-            runs.append(time_fit(config, n, gpus if n else 0.0, len(files)))
-            print(
-                f"workers {n}: {1000 * runs[-1]['median_step_s']:.1f} ms/step, "
-                f"{runs[-1]['exposure_step_ms']:.2f} ms/exposure-step, Ray and coordinator "
-                f"{runs[-1]['median_ray_overhead_ms'] or 0:.2f} ms/step",
-                flush=True,
+            cache = str(root / f"cache{count}-{n}")
+            runs.append(time_fit(config, n, gpus if n else 0.0, count, warmup, cache))
+            losses.append(runs[-1]["final_loss"])
+            print(_line(runs[-1]), flush=True)
+        spreads[str(count)] = (max(losses) - min(losses)) / abs(losses[0])
+    return runs, spreads, len(files)
+
+
+def bench(
+    campaign: CampaignConfig,
+    fit: FitConfig,
+    workers: list[int],
+    steps: int,
+    gpus: float,
+    sizes: list[int] | None = None,
+    warmup: int = WARMUP,
+    psf_pad: int | None = None,
+) -> dict:
+    """Timings of the same fit for each campaign size and worker count, with host
+    details."""
+    if psf_pad is not None:
+        fit = dataclasses.replace(
+            fit, instrument=dataclasses.replace(fit.instrument, psf_pad=psf_pad)
+        )
+    owns_ray = max(workers) > 0 and connect(dataclasses.replace(fit.cluster, workers=max(workers)))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs, spreads, exposures = _runs(
+                campaign, fit, Path(tmp), workers, steps, gpus, sizes, warmup
             )
-    base = runs[0]["median_step_s"]
-    for run in runs:
-        run["step_time_vs_first"] = run["median_step_s"] / base
-    losses = [r["final_loss"] for r in runs]
+    finally:
+        if owns_ray:
+            ray.shutdown()
     return {
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -132,11 +263,17 @@ def bench(
             "ray": ray.__version__,
             "devices": [str(d) for d in jax.devices()],
         },
-        "exposures": len(files),
+        "exposures": exposures,
         "steps": steps,
-        "final_loss_spread": (max(losses) - min(losses)) / abs(losses[0]),
+        "warmup": warmup,
+        "psf_pad": fit.instrument.psf_pad,
+        "final_loss_spread": spreads,
         "runs": runs,
     }
+
+
+def _ints(text: str) -> list[int]:
+    return [int(n) for n in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("campaign", type=Path, help="campaign config (kind = 'io')")
     parser.add_argument("fit", type=Path, help="fit config (kind = 'fit')")
     parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    parser.add_argument("--exposures", default="", help="comma-separated sub-campaign sizes")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=WARMUP, help="steps left out of medians")
+    parser.add_argument("--psf-pad", type=int, help="the fit's instrument.psf_pad instead")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -152,13 +292,21 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(campaign, CampaignConfig) or not isinstance(fit, FitConfig):
         print(f"{parser.prog}: error: expected an 'io' and a 'fit' config", file=sys.stderr)
         return 2
-    if args.steps <= WARMUP:
-        print(f"{parser.prog}: error: --steps must exceed {WARMUP}", file=sys.stderr)
+    if args.steps <= args.warmup:
+        print(
+            f"{parser.prog}: error: --steps must exceed --warmup ({args.warmup})", file=sys.stderr
+        )
         return 2
-    workers = [int(n) for n in args.workers.split(",")]
-    report = bench(campaign, fit, workers, args.steps, args.gpus_per_worker)
+    sizes = _ints(args.exposures) if args.exposures else None
+    print(table([]), flush=True)
+    report = bench(
+        campaign, fit, _ints(args.workers), args.steps, args.gpus_per_worker, sizes,
+        args.warmup, args.psf_pad,
+    )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    if sizes:
+        plot(report["runs"], args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
     return 0
 

@@ -9,6 +9,8 @@ can also be driven in one process.
 """
 
 import os
+import resource
+import sys
 import time
 
 import jax
@@ -61,6 +63,27 @@ def device_peaks() -> dict[str, int]:
     return {d: s["peak_bytes_in_use"] for d, s in stats.items() if s}
 
 
+def host_peak_bytes() -> int:
+    """Peak resident memory of this process, bytes: since `reset_host_peak` on Linux
+    (VmHWM), else since the process started (ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_host_peak() -> None:
+    """Restart the peak `host_peak_bytes` reports from the current resident memory
+    (Linux's /proc/self/clear_refs; elsewhere the peak cannot be reset)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return
+
+
 class ShardWorker:
     """The local half of every step for the exposures of one shard.
 
@@ -71,6 +94,7 @@ class ShardWorker:
     """
 
     def __init__(self, config: FitConfig, shard: Shard, filters: list[str]):
+        reset_host_peak()
         configure_jax(config.cluster.compile_cache)
         self.label = f"worker {shard.index}"
         check_devices(config.cluster.gpus_per_worker, self.label)
@@ -102,8 +126,9 @@ class ShardWorker:
         }
 
     def memory_stats(self) -> dict[str, int]:
-        """Device → peak bytes in use, for devices that report it (GPUs)."""
-        return device_peaks()
+        """Peak bytes in use: "host" (this process's resident memory since it was built)
+        and each device that reports it (GPUs)."""
+        return {"host": host_peak_bytes(), **device_peaks()}
 
     def fisher_shared(self) -> dict:
         """This shard's part of the shared Fisher diagonal (summed by the coordinator)."""

@@ -7,7 +7,9 @@ metrics are flushed with each. `resume=True` continues from the latest checkpoin
 continues the MLflow run that wrote it (found by its `results` tag), sending the metrics
 of earlier steps that the run lacks: a fit whose driver was killed between checkpoints
 ends with the same MLflow metric history (every step once) and the same results-store
-loss history as an uninterrupted one.
+loss history as an uninterrupted one. The seconds each checkpoint took (gathering the
+parameters and optimiser states from the stepper, writing them) are logged as
+`checkpoint_time` at its step.
 """
 
 import math
@@ -35,10 +37,14 @@ from scaling.report.flatfield import flatfield_comparison, is_star_field, write_
 from scaling.report.tracking import fit_run, tracking_uri
 from scaling.report.truth import truth_comparison
 
+CHECKPOINT_TIME = "checkpoint_time"
+"""Metric: seconds to gather and write the checkpoint of that step."""
+
 
 @dataclass
 class FitOutcome:
-    """What a fit produced (`validation_nll`: NaN when no pixels were held out)."""
+    """What a fit produced (`validation_nll`: NaN when no pixels were held out;
+    `checkpoint_seconds`: the time of each checkpoint this run wrote, in order)."""
 
     run_id: str
     params: dict
@@ -47,6 +53,7 @@ class FitOutcome:
     step: int
     truth_metrics: dict[str, float]
     validation_nll: float
+    checkpoint_seconds: list[float]
 
 
 def _previous_run(results: str, uri: str) -> str | None:
@@ -118,8 +125,11 @@ def _fit(
     ) as (active, metrics):
         mlflow.set_tags(stepper.placement_tags())
         if run_id:
-            metrics.catch_up(history, others=[VALIDATION])
-        history = _steps(config, stepper, results, metrics, start, history, progress, callback)
+            metrics.catch_up(history, others=[VALIDATION, CHECKPOINT_TIME])
+        checkpoints: list[float] = []
+        history = _steps(
+            config, stepper, results, metrics, start, history, progress, callback, checkpoints
+        )
         qn = config.quasi_newton
         if qn.steps:
             totals = stepper.refine(qn.parameters, qn.steps, qn.memory, qn.tolerance)
@@ -142,6 +152,7 @@ def _fit(
             result.step,
             truth_metrics,
             stepper.validation_nll(),
+            checkpoints,
         )
 
 
@@ -155,11 +166,12 @@ def _truth_metrics(config, model, result, epochs) -> dict[str, float]:
 
 
 def _steps(
-    config, stepper, results, metrics, start, history, progress, callback
+    config, stepper, results, metrics, start, history, progress, callback, checkpoints
 ) -> dict[str, np.ndarray]:
     """Steps `start` → `config.steps` after `history` (name → values of steps 1…start)
-    with checkpoints; a worker lost in a step or a checkpoint rolls back to the last
-    checkpoint (or step 0), at most `config.cluster.max_restarts` times."""
+    with checkpoints, whose seconds are appended to `checkpoints`; a worker lost in a
+    step or a checkpoint rolls back to the last checkpoint (or step 0), at most
+    `config.cluster.max_restarts` times."""
     history = {k: list(v) for k, v in history.items()}
     restarts, step = 0, start
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="fit")
@@ -168,7 +180,9 @@ def _steps(
         due = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
         try:
             terms = stepper.step()
+            gathering = time.perf_counter()
             trees = stepper.checkpoint() if due else None
+            gathered = time.perf_counter() - gathering
         except WorkerLost as lost:
             restarts += 1
             if restarts > config.cluster.max_restarts:
@@ -199,7 +213,10 @@ def _steps(
         if due:
             if config.validation_fraction:
                 metrics.add(step, {VALIDATION: stepper.validation_nll()})
+            writing = time.perf_counter()
             results.write_checkpoint(step, {**trees, "history": _arrays(history)}, keep=2)
+            checkpoints.append(gathered + time.perf_counter() - writing)
+            metrics.add(step, {CHECKPOINT_TIME: checkpoints[-1]})
             metrics.flush()
         bar.update(1)
         bar.set_postfix(loss=f"{terms['total']:.6g}")

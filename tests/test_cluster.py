@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from cluster.bench import main as bench_main
+from cluster.bench import sub_campaigns
 from cluster.coordinator import RayStepper, connect
 from scaling.config import ClusterConfig, load_config
 from scaling.data.results import Results
@@ -109,18 +110,44 @@ def test_workers_equal_single_process(root, reference, local_ray, driver_without
     assert len(times) == workers
 
 
+def test_sub_campaigns_take_whole_observations_in_time_order(root):
+    store = str(root / "campaign.zarr")
+    exposures = Campaign.open(store).exposures
+    counts = {
+        o: sum(e.observation == o for e in exposures) for o in {e.observation for e in exposures}
+    }
+    first = min(exposures, key=lambda e: e.expmid).observation
+    small, every = sub_campaigns(store, [1, 10**6])
+    assert small == (first,)
+    assert sorted(every) == sorted(counts)
+    starts = [min(e.expmid for e in exposures if e.observation == o) for o in every]
+    assert starts == sorted(starts)
+    two = sub_campaigns(store, [counts[first] + 1])[0]
+    assert len(two) == 2 and two[0] == first
+
+
 def test_cluster_bench_times_workers_side_by_side(tmp_path, local_ray):
+    """A sub-campaign of two epochs (4 of the 5 exposures) in process and on 2 workers."""
     out = tmp_path / "bench.json"
     args = ["configs/io_test.toml", "configs/io_test_fit.toml", "--workers", "0,2"]
-    assert bench_main([*args, "--steps", "7", "--out", str(out)]) == 0
+    options = ["--exposures", "3", "--steps", "4", "--warmup", "2", "--out", str(out)]
+    assert bench_main([*args, *options]) == 0
     report = json.loads(out.read_text())
-    assert [r["workers"] for r in report["runs"]] == [0, 2]
-    assert report["final_loss_spread"] < 1e-12
-    two = report["runs"][1]
+    one, two = report["runs"]
+    assert (one["workers"], two["workers"]) == (0, 2)
+    assert 3 <= one["exposures"] == two["exposures"] < report["exposures"]
+    assert all(spread < 1e-12 for spread in report["final_loss_spread"].values())
     assert two["median_step_s"] > 0 and len(two["median_worker_compute_s"]) == 2
     assert len(two["placement"]) == 2
-    assert report["runs"][0]["median_ray_overhead_ms"] is None
+    assert one["median_ray_overhead_ms"] is None and one["first_step_warm_cache_s"] is None
     assert 0 <= two["median_ray_overhead_ms"] < 1000 * two["median_step_s"]
+    assert 0 <= two["coordinator_share"] < 1
+    assert 0 < two["first_step_warm_cache_s"] < two["first_step_s"]
+    assert len(two["peak_bytes"]) == 2
+    assert all(p["host"] > 2**20 for p in two["peak_bytes"].values())
+    assert all(r["driver_peak_host_bytes"] > 2**20 for r in report["runs"])
+    assert all(len(r["checkpoint_s"]) == 1 and r["checkpoint_s"][0] > 0 for r in report["runs"])
+    assert out.with_suffix(".png").stat().st_size > 0
 
 
 def test_asking_for_missing_gpus_fails_at_once(root, local_ray):
