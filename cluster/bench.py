@@ -130,7 +130,7 @@ def time_fit(
         "peak_bytes": seen.get("memory", {}),
         "checkpoint_s": outcome.checkpoint_seconds,
         "placement": [
-            {k: w[k] for k in ("index", "node_id", "devices", "cost")}
+            {k: w[k] for k in ("index", "node_id", "devices", "cost", "batches")}
             for w in seen.get("placement", [])
         ],
         "final_loss": float(outcome.history["total"][-1]),
@@ -177,12 +177,10 @@ def table(runs: list[dict]) -> str:
 def plot(runs: list[dict], path: Path) -> None:
     """Time per exposure-step and coordinator share against exposures, a line per worker
     count."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     for n in sorted({r["workers"] for r in runs}):
         mine = sorted((r for r in runs if r["workers"] == n), key=lambda r: r["exposures"])
         x = [r["exposures"] for r in mine]
@@ -197,7 +195,6 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _runs(campaign, fit, root: Path, workers, steps, gpus, sizes, warmup):

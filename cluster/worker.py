@@ -122,6 +122,7 @@ class ShardWorker:
             "devices": [str(d) for d in jax.local_devices()],
             "exposures": list(self.shard.exposures),
             "epochs": self.epochs,
+            "batches": len(self.batches),
             "cost": self.shard.cost,
         }
 

@@ -9,10 +9,11 @@ from matplotlib.animation import PillowWriter
 from matplotlib.figure import Figure
 
 from model import ExposureModel
-from model.constants import NM
+from model.constants import IO_ROTATION_PERIOD_H, NM
 from model.source import normalise_log_image
 from scaling.data.truthfiles import load_truth
 from scaling.report.plots import _cmap, _figure, _spread
+from scaling.report.tracks import volcano_tracks, write_tracks_png
 from scaling.report.truth import blur, centre_crop, resolution_arcsec
 
 
@@ -112,7 +113,8 @@ def write_fit_pictures(
     truth_folder: str | None,
 ) -> Path:
     """images.png, loss.png, residuals.png, aberrations.png and epochs.gif of a fit into
-    `folder`.
+    `folder`, and volcano_tracks.png when the truth has volcanoes
+    (`scaling.report.tracks`).
 
     `residuals` maps exposure names to (p, p) residual maps (see `residual_maps`).
     """
@@ -133,6 +135,9 @@ def write_fit_pictures(
     if images.size:
         _images_png(folder / "images.png", images, epochs, pixel_scale, truth, fwhm)
         _gif(folder / "epochs.gif", images, epochs, pixel_scale)
+    if images.size and "spot_xy" in arrays:
+        tracks = volcano_tracks(images, pixel_scale, meta, arrays)
+        write_tracks_png(folder / "volcano_tracks.png", tracks, IO_ROTATION_PERIOD_H)
     _loss_png(folder / "loss.png", result.history)
     _residuals_png(folder / "residuals.png", residuals)
     _aberrations_png(folder / "aberrations.png", model.optics.pupil, fitted, true_aberrations)

@@ -140,7 +140,7 @@ def aberration_errors(pupil, fitted: np.ndarray, true: np.ndarray) -> tuple[floa
     return float(np.sqrt(np.sum(error**2) / np.sum(truth**2))), nm
 
 
-def _nearest_peaks(found: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def nearest_peaks(found: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """(k, 2) the recovered peak nearest to each of the k points `xy`."""
     d = np.hypot(*(xy[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
     return found[np.argmin(d, axis=1)]
@@ -168,7 +168,7 @@ def volcano_motion_errors(
         if len(a) == 0 or len(b) == 0:
             out.append(float("inf"))
             continue
-        moved = _nearest_peaks(b, spot_xy[i + 1][order]) - _nearest_peaks(a, spot_xy[i][order])
+        moved = nearest_peaks(b, spot_xy[i + 1][order]) - nearest_peaks(a, spot_xy[i][order])
         true = spot_xy[i + 1][order] - spot_xy[i][order]
         out.append(float(np.max(np.hypot(*(moved - true).T))))
     return out
