@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from scaling.bench import add_bench_parser
 from scaling.config import CampaignConfig, Config, load_config
 from scaling.data.export import add_export_parser
@@ -95,9 +97,25 @@ def _demo(args: argparse.Namespace) -> None:
     _print_truth_metrics(outcome.truth_metrics)
 
 
+SUMMARISED_OVER = 6
+"""A truth metric with more entries than this (epochs, epoch pairs) prints as a summary."""
+
+
 def _print_truth_metrics(metrics: dict[str, float]) -> None:
+    """One line per metric, or per kind of metric (min, median, max) for long campaigns."""
+    kinds: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
-        print(f"          {name:40s} {value:.3f}")
+        kinds.setdefault(name.split(".")[0], {})[name] = value
+    for kind, values in kinds.items():
+        if len(values) > SUMMARISED_OVER:
+            v = np.asarray(list(values.values()))
+            print(
+                f"          {kind:40s} min {v.min():.3f}, median {np.median(v):.3f}, "
+                f"max {v.max():.3f} over {v.size}"
+            )
+            continue
+        for name, value in values.items():
+            print(f"          {name:40s} {value:.3f}")
 
 
 def _fit(args: argparse.Namespace) -> int:
