@@ -71,9 +71,12 @@ def test_fit_writes_results_and_mlflow_run(full):
     totals = client.get_metric_history(outcome.run_id, "total")
     assert [m.step for m in totals] == [1, 2, 3, 4]
     assert run.data.metrics["reduced_chi2"] == pytest.approx(outcome.reduced_chi2)
+    written = client.get_metric_history(outcome.run_id, "checkpoint_time")
+    assert [m.value for m in written] == outcome.checkpoint_seconds
+    assert len(written) >= 1 and all(t > 0 for t in outcome.checkpoint_seconds)
     assert {"ncc.IO_001", "ncc.IO_002"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id, "pictures")}
-    pictures = ("images.png", "loss.png", "residuals.png", "aberrations.png")
+    pictures = ("images.png", "loss.png", "residuals.png", "aberrations.png", "volcano_tracks.png")
     assert artifacts >= {f"pictures/{n}" for n in pictures}
     assert "pictures/epochs.gif" in artifacts
     fits = [a.path for a in client.list_artifacts(outcome.run_id, "fits")]
