@@ -23,7 +23,7 @@ from ray._private import ray_constants
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.worker import ShardWorker
+from cluster.worker import ShardWorker, configure_jax
 from model import ExposureModel
 from scaling.config import ClusterConfig, FitConfig
 from scaling.data.results import Results
@@ -118,6 +118,7 @@ class RayStepper:
         self.config = dataclasses.replace(
             config, cluster=dataclasses.replace(cluster, compile_cache=compile_cache(cluster))
         )
+        configure_jax(self.config.cluster.compile_cache)  # the shared update: compiled once
         self.names, self.epochs = list(campaign.names), epochs
         self.shards = [s for s in campaign.partition(cluster.workers) if s.exposures]
         self.filters = sorted(model.bandpasses)
