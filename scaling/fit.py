@@ -140,7 +140,7 @@ def _fit(
         chi2_sum, count = stepper.chi_squared()
         chi2 = chi2_sum / count
         mlflow.log_metric("reduced_chi2", chi2, step=result.step)
-        truth_metrics = _truth_metrics(config, model, result, epochs)
+        truth_metrics = _truth_metrics(config, model, result, epochs, list(campaign.names))
         mlflow.log_metrics(truth_metrics, step=result.step)
         _save(results, model, result, campaign, epochs, list(campaign.names))
         _log_artifacts(config, model, result, stepper.residual_maps(), epochs, pictures)
@@ -156,13 +156,14 @@ def _fit(
         )
 
 
-def _truth_metrics(config, model, result, epochs) -> dict[str, float]:
-    """How the fit compares with the simulation's truth ({} without one)."""
+def _truth_metrics(config, model, result, epochs, names) -> dict[str, float]:
+    """How the fit of the exposures `names` compares with the simulation's truth ({}
+    without one)."""
     if not config.truth:
         return {}
     if is_star_field(config.truth):
         return flatfield_comparison(config.truth, model, result.params)
-    return truth_comparison(config.truth, model, result, epochs)
+    return truth_comparison(config.truth, model, result, epochs, names)
 
 
 def _steps(

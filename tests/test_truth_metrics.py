@@ -4,11 +4,20 @@ happens to be largest must not move it by a whole pixel (issue 12: per-slope mas
 truncation gave the same volcano to within 0.04 detector pixel, but argmax peaks 0.28 and
 0.13 pixel from the truth)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import fourier_shift, gaussian_filter
 
-from scaling.report.truth import peaks, subpixel_offsets, volcano_motion_errors, volcano_offsets
+from model.source import rotate_image, rotate_points
+from scaling.report.truth import (
+    compare_with_truth,
+    peaks,
+    subpixel_offsets,
+    truth_in_fit_frame,
+    volcano_motion_errors,
+    volcano_offsets,
+)
 
 N = 67
 SIGMA = 2.8
@@ -53,3 +62,47 @@ def test_subpixel_offsets_are_the_parabola_vertex_and_zero_on_the_edge():
     edge[0, 2], edge[0, 3], edge[2, 4] = 1.0, 0.5, 1.0
     dx, dy = subpixel_offsets(edge, np.array([0, 2]), np.array([2, 4]))
     assert np.all(dx == 0) and np.all(dy == 0)
+
+
+SCALE = 0.0219
+"""Arcsec per image pixel (F430M, the demo's)."""
+
+
+@pytest.mark.parametrize("roll", [0.0, 30.0])
+def test_the_truth_is_moved_by_the_frozen_exposures_pointing(roll):
+    """The model draws `rotate_image(image, roll)` with the light at `position` (+x to
+    higher columns, test_physics); a fit that holds the epoch's first exposure at p0
+    where the truth has p recovers the image that draws the truth's light there. Moved by
+    R(−roll)·(p − p0), the truth meets it; unmoved, moved the other way or rotated the
+    other way, it misses by more than half a pixel."""
+    spot = np.array([[12.0, -7.0]]) * SCALE
+    truth = _io([tuple(spot[0] / SCALE)])
+    p, p0 = np.array([1.5, -0.5]) * SCALE, np.array([0.3, 0.3]) * SCALE  # detector, arcsec
+    detector = np.asarray(rotate_image(jnp.asarray(truth), roll))
+    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(detector), (p - p0)[::-1] / SCALE)).real
+    recovered = np.asarray(rotate_image(jnp.asarray(moved), -roll))
+    names = ["a1", "a2", "cal"]  # a1 first: the frozen one, whatever its truth row
+    meta = {
+        "epochs": [{"name": "epoch001"}],
+        "exposure_epoch": {"a1": "epoch001", "a2": "epoch001", "cal": None},
+        "exposures": {
+            "a1": {"index": 2, "roll": roll},
+            "a2": {"index": 0, "roll": roll + 10},
+            "cal": {"index": 1, "roll": 0.0},
+        },
+    }
+    true_positions = np.stack([np.array([-2.0, 1.0]) * SCALE, np.zeros(2), p])
+    arrays = {"images": truth[None], "spot_xy": spot[None], "positions": true_positions}
+    fitted = np.stack([p0, np.array([-1.0, 2.0]) * SCALE, np.zeros(2)])
+    images, xy = truth_in_fit_frame(meta, arrays, names, fitted, SCALE)
+
+    def offset(spots: np.ndarray) -> float:
+        return volcano_offsets(recovered, spots, np.ones(1), SCALE)[0] / SCALE
+
+    assert offset(xy[0]) < 0.1
+    assert offset(spot) > 0.5
+    assert offset(spot - np.asarray(rotate_points(p - p0, -roll))) > 0.5  # the other way
+    assert roll == 0 or offset(spot + np.asarray(rotate_points(p - p0, roll))) > 0.5
+    fitted_frame = compare_with_truth(recovered[None], images, SCALE, 4.3e-6)[0]
+    unmoved = compare_with_truth(recovered[None], truth[None], SCALE, 4.3e-6)[0]
+    assert fitted_frame > 0.999 > unmoved

@@ -16,14 +16,22 @@ Metrics (E an epoch name, F a filter):
   over equal holes, so this is also the RMS wavefront error over the true RMS wavefront.
 * `wavefront_rms_error_nm.F`: RMS over the mask (transmission-weighted) of the optical
   path difference error, fitted − true, nm.
+
+The image and volcano metrics compare in the frame the fit defines (`truth_in_fit_frame`).
+The fit freezes the position of the first exposure of each epoch at its start
+(`scaling.fitting.start.freeze_science_positions`), so the epoch image carries that
+exposure's pointing: with true position p, frozen position p0 (detector axes, arcsec) and
+roll r, the model draws `rotate_image(image, r)` at p0 where the truth is drawn at p, so the
+recovered image is the true one moved by R(−r)·(p − p0) in its own (sky) axes, a shift no
+data can tell from the pointing. The true images and volcanoes are moved by it first.
 """
 
 import jax
 import numpy as np
-from scipy.ndimage import gaussian_filter, maximum_filter
+from scipy.ndimage import fourier_shift, gaussian_filter, maximum_filter
 
 from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT, NM
-from model.source import normalise_log_image
+from model.source import normalise_log_image, rotate_points
 from scaling.data.truthfiles import load_truth
 
 FWHM_PER_SIGMA = 2 * np.sqrt(2 * np.log(2))
@@ -174,24 +182,57 @@ def volcano_motion_errors(
     return out
 
 
-def truth_comparison(truth_folder: str, model, result, epochs) -> dict[str, float]:
-    """The metrics of the module docstring for a fit `result` (anything with `.params`)."""
+def truth_in_fit_frame(
+    meta: dict,
+    arrays: dict[str, np.ndarray],
+    names: list[str],
+    positions: np.ndarray,
+    pixel_scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true images, true volcano (x, y) arcsec) of each truth epoch moved by
+    R(−r)·(p − p0) into the fit's frame (module docstring).
+
+    Args:
+        meta, arrays: the truth (`load_truth`).
+        names: the fit's exposure names, in its order (the first of each epoch is frozen).
+        positions: (len(names), 2) fitted `position` of each exposure, detector axes, arcsec.
+        pixel_scale: arcsec per pixel of the true images.
+    """
+    images, spot_xy = [], []
+    for k, epoch in enumerate(meta["epochs"]):
+        i = next(i for i, n in enumerate(names) if meta["exposure_epoch"].get(n) == epoch["name"])
+        exposure = meta["exposures"][names[i]]
+        moved = arrays["positions"][exposure["index"]] - np.asarray(positions[i])
+        shift = np.asarray(rotate_points(moved, -exposure["roll"]))  # (x, y) sky axes
+        spectrum = fourier_shift(np.fft.fft2(arrays["images"][k]), shift[::-1] / pixel_scale)
+        images.append(np.fft.ifft2(spectrum).real)
+        spot_xy.append(arrays["spot_xy"][k] + shift)
+    return np.stack(images), np.stack(spot_xy)
+
+
+def truth_comparison(
+    truth_folder: str, model, result, epochs: list[str], names: list[str]
+) -> dict[str, float]:
+    """The metrics of the module docstring for a fit `result` (anything with `.params`) of
+    the exposures `names` (in the fit's order) in `epochs`."""
     meta, arrays = load_truth(truth_folder)
     images = np.asarray(jax.vmap(normalise_log_image)(result.params["epoch"]["log_image"]))
     scale = model.optics.psf_pixel_scale
     pixel = meta["detector_pixel_scale"]
     wavelength = min(b.centre for b in model.bandpasses.values())
-    nccs = compare_with_truth(images, arrays["images"], scale, wavelength)
+    positions = np.asarray(result.params["exposure"]["position"])
+    truth_images, spot_xy = truth_in_fit_frame(meta, arrays, names, positions, scale)
+    nccs = compare_with_truth(images, truth_images, scale, wavelength)
     brightness = np.asarray([v["brightness"] for v in meta["config"]["io"]["volcanoes"]])
     visibility = arrays["spot_visibility"]
     metrics = {}
     for i, epoch in enumerate(epochs):
         weight = brightness * visibility[i]
-        offsets = volcano_offsets(images[i], arrays["spot_xy"][i], weight, scale, BRIGHTEST)
+        offsets = volcano_offsets(images[i], spot_xy[i], weight, scale, BRIGHTEST)
         metrics[f"ncc.{epoch}"] = nccs[i]
         if offsets.size:
             metrics[f"volcano_offset_pix.{epoch}"] = float(offsets.max()) / pixel
-    motion = volcano_motion_errors(images, arrays["spot_xy"], visibility, brightness, scale)
+    motion = volcano_motion_errors(images, spot_xy, visibility, brightness, scale)
     for i, error in enumerate(motion):
         if not np.isnan(error):
             metrics[f"volcano_motion_error_pix.{epochs[i]}-{epochs[i + 1]}"] = error / pixel
