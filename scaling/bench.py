@@ -21,7 +21,6 @@ repeats of each measurement interleaved so that load from other processes hits a
   record says what fraction of those limits the engine reaches and whether arithmetic or
   memory traffic bounds it (the roof: min(float64 matmul rate, FLOPs / byte × bandwidth)).
 
-
 With `--psf-pad P` the engine and its step are also timed in the shared-PSF mode (the
 same instrument with `psf_pad = P`, `model.shared_psf`), interleaved with the rest, and the
 two modes' model slopes are compared at the simulation's true parameters, exposure by
