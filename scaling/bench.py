@@ -269,8 +269,9 @@ def xla_cost(fn: Callable, *args) -> dict[str, float]:
     XLA counts 2 FLOPs per multiply-add whatever the type; `flops` counts real
     arithmetic, so a complex dot's multiply-add is 8 (`xla_flops` + 3 × `complex_dot_xla_flops`;
     complex element-wise operations stay at XLA's count, one per element). `bytes`: bytes
-    accessed, the sum over operations of their operands and results (a loop's body is
-    counted as XLA counts it). FLOPs and bytes for one call.
+    accessed, the sum over operations of their operands and results (cache hits included).
+    XLA counts a loop's body once, not per iteration (the ramp's and likelihood's scans).
+    FLOPs and bytes of one call.
     """
     dynamic, static = eqx.partition(args, eqx.is_array)
     compiled = jax.jit(lambda d: fn(*eqx.combine(d, static))).lower(dynamic).compile()
