@@ -12,7 +12,14 @@ repeats of each measurement interleaved so that load from other processes hits a
 * **reference**: `scaling.fitting.reference.reference_value_and_grad`, a Python loop over the
   exposures with one jitted value-and-gradient each, as the notebooks fit;
 * **logging**: `MetricLog.add` of one step's metrics into an embedded SQLite MLflow store,
-  averaged over enough steps to include its batched sends.
+  averaged over enough steps to include its batched sends;
+* **hardware**: XLA's cost analysis of the compiled engine (FLOPs, bytes accessed), and
+  the machine's measured rates, timed among the calls above: a complex128 and a float64
+  matrix multiply of two N² matrices (N = `MATMUL_N`, `FLOAT_MATMUL_N`; 8·N³ and 2·N³
+  real FLOPs: a complex multiply-add is 4 real multiplies and 4 adds) and a streaming
+  `x / 2 + y` over `STREAM_N` float64 elements (3 × 8·`STREAM_N` bytes moved), so the
+  record says what fraction of those limits the engine reaches and whether arithmetic or
+  memory traffic bounds it (the roof: min(float64 matmul rate, FLOPs / byte × bandwidth)).
 
 With `--psf-pad P` the engine and its step are also timed in the shared-PSF mode (the
 same instrument with `psf_pad = P`, `model.shared_psf`), interleaved with the rest, and the
@@ -30,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -64,6 +72,25 @@ LOG_STEPS = 200
 
 EDGE = 8
 """Detector pixels from the frame's edge left out of the `interior` slope difference."""
+
+MATMUL_N = 768
+"""Side of the square complex128 matrices whose product times the complex matmul rate."""
+
+FLOAT_MATMUL_N = 1536
+"""Side of the float64 matrices of the float64 matmul rate: twice `MATMUL_N`, so that the
+call lasts tens of milliseconds and is timed through the load like the others."""
+
+STREAM_N = 2**23
+"""float64 elements per array of the streaming call that times memory bandwidth (64 MiB,
+well beyond the caches)."""
+
+TARGET_FRACTION = 0.3
+"""The engine should reach this fraction of the measured float64 matmul rate."""
+
+_DEFINITION = re.compile(r"%(\S+) = \w+\[([\d,]*)\]")
+_COMPLEX_DOT = re.compile(
+    r"= c(?:64|128)\[([\d,]*)\]\S* dot\(%([^,\s)]+).*?lhs_contracting_dims=\{([\d,]*)\}"
+)
 
 
 @dataclass
@@ -221,6 +248,119 @@ def log_seconds(folder: Path, metrics: dict[str, float], steps: int = LOG_STEPS)
     return (time.perf_counter() - start) / steps
 
 
+def _dims(text: str) -> list[int]:
+    return [int(d) for d in text.split(",") if d]
+
+
+def complex_dot_flops(hlo: str) -> float:
+    """FLOPs of the complex dots of an HLO module (its text) as XLA's cost analysis counts
+    them: 2 per multiply-add, i.e. 2 · (output elements) · (contracted length)."""
+    shapes = {name: _dims(dims) for name, dims in _DEFINITION.findall(hlo)}
+    total = 0.0
+    for out, lhs, contracting in _COMPLEX_DOT.findall(hlo):
+        contracted = [shapes[lhs][i] for i in _dims(contracting)]
+        total += 2.0 * float(np.prod(_dims(out))) * float(np.prod(contracted))
+    return total
+
+
+def xla_cost(fn: Callable, *args) -> dict[str, float]:
+    """XLA's cost analysis of `fn(*args)` compiled (its arrays traced, the rest static).
+
+    XLA counts 2 FLOPs per multiply-add whatever the type; `flops` counts real
+    arithmetic, so a complex dot's multiply-add is 8 (`xla_flops` + 3 × `complex_dot_xla_flops`;
+    complex element-wise operations stay at XLA's count, one per element). `bytes`: bytes
+    accessed, the sum over operations of their operands and results (cache hits included).
+    XLA counts a loop's body once, not per iteration (the ramp's and likelihood's scans).
+    FLOPs and bytes of one call.
+    """
+    dynamic, static = eqx.partition(args, eqx.is_array)
+    compiled = jax.jit(lambda d: fn(*eqx.combine(d, static))).lower(dynamic).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    dots = complex_dot_flops(compiled.as_text())
+    return {
+        "flops": analysis["flops"] + 3 * dots,
+        "xla_flops": analysis["flops"],
+        "complex_dot_xla_flops": dots,
+        "bytes": analysis["bytes accessed"],
+        "transcendentals": analysis.get("transcendentals", 0.0),
+    }
+
+
+def mft_flops(model: ExposureModel, filter_name: str) -> float:
+    """Analytic real FLOPs of one exposure's MFT matrix products, value and gradient.
+
+    Per wavelength the MFT of the n² pupil onto the m² PSF grid is two complex products,
+    m·n·n and m·m·n multiply-adds; the backward pass has four of the same sizes (the
+    gradients of the phasor, for the aberrations, and of both transfer matrices, for the
+    position's shift): 3 (m·n·n + m·m·n) multiply-adds of 8 real FLOPs each. A lower
+    bound on the step's FLOPs (the exact mode; the shared mode makes a PSF per filter).
+    """
+    n = model.optics.pupil.transmission.shape[-1]
+    m = model.optics.psf_npix
+    nwavels = model.bandpasses[filter_name].wavelengths.shape[-1]
+    return 3 * 8 * nwavels * (m * n * n + m * m * n)
+
+
+def hardware_calls() -> dict[str, Callable[[], object]]:
+    """The calls that time the machine's limits: `matmul_complex128`, `matmul_float64`
+    (`MATMUL_N`² and `FLOAT_MATMUL_N`² products) and `stream_float64` (`x ← x / 2 + y`
+    over `STREAM_N` elements, written into x's buffer: memory traffic, not the page
+    faults of a fresh output)."""
+    keys = jax.random.split(jax.random.key(0), 6)
+    n, n_real = (MATMUL_N, MATMUL_N), (FLOAT_MATMUL_N, FLOAT_MATMUL_N)
+    a, b = (jax.random.normal(k, n, jnp.complex128) for k in keys[:2])
+    a_real, b_real = (jax.random.normal(k, n_real, jnp.float64) for k in keys[2:4])
+    x, y = (jax.random.normal(k, (STREAM_N,), jnp.float64) for k in keys[4:])
+    product = jax.jit(jnp.matmul)
+    stream = jax.jit(lambda x, y: x * 0.5 + y, donate_argnums=0)
+    buffer = {"x": x}
+
+    def streamed() -> jax.Array:
+        buffer["x"] = stream(buffer["x"], y)
+        return buffer["x"]
+
+    return {
+        "matmul_complex128": lambda: product(a, b),
+        "matmul_float64": lambda: product(a_real, b_real),
+        "stream_float64": streamed,
+    }
+
+
+def hardware_record(t: dict, n: int, costs: dict[str, dict], analytic: float) -> dict:
+    """JSON record of the engine against the measured machine limits: rates in GFLOP/s
+    and GB/s from the median times `t`, FLOPs and bytes per exposure of `n`."""
+    complex_rate = 8 * MATMUL_N**3 / t["matmul_complex128"]["median_s"] / 1e9
+    float_rate = 2 * FLOAT_MATMUL_N**3 / t["matmul_float64"]["median_s"] / 1e9
+    bandwidth = 3 * 8 * STREAM_N / t["stream_float64"]["median_s"] / 1e9
+    out = {
+        "matmul_n": MATMUL_N,
+        "float64_matmul_n": FLOAT_MATMUL_N,
+        "stream_elements": STREAM_N,
+        "complex128_matmul_gflop_per_s": complex_rate,
+        "float64_matmul_gflop_per_s": float_rate,
+        "stream_bandwidth_gb_per_s": bandwidth,
+        "mft_flops_per_exposure": analytic,
+        "target_fraction": TARGET_FRACTION,
+    }
+    for name, cost in costs.items():
+        gflops = cost["flops"] / t[name]["median_s"] / 1e9
+        intensity = cost["flops"] / cost["bytes"]
+        roof = min(float_rate, intensity * bandwidth)
+        out[name] = {
+            **{f"{key}_per_exposure": value / n for key, value in cost.items()},
+            "flops_per_byte": intensity,
+            "gflop_per_s": gflops,
+            "fraction_of_complex128_matmul": gflops / complex_rate,
+            "fraction_of_float64_matmul": gflops / float_rate,
+            "roof_gflop_per_s": roof,
+            "bound": "memory" if roof < float_rate else "arithmetic",
+            "fraction_of_roof": gflops / roof,
+        }
+    out["target_met"] = out["engine"]["fraction_of_float64_matmul"] >= TARGET_FRACTION
+    return out
+
+
 def timing(first: float, warm: list[float]) -> dict:
     """JSON record of a measurement: median and every warm repeat, and the first call, s."""
     return {"median_s": statistics.median(warm), "all_s": warm, "first_call_s": first}
@@ -249,7 +389,8 @@ def measure(setup: Setup, folder: Path, repeats: int, progress: bool = True) -> 
     """Compile, then time the engine, its whole step and the loop `repeats` times each."""
     s = setup
     reg = s.settings.reg_weights
-    engine = eqx.filter_jit(jax.value_and_grad(loss, argnums=1))
+    loss_grad = jax.value_and_grad(loss, argnums=1)
+    engine = eqx.filter_jit(loss_grad)
     fitter = make_fitter(s.model, s.params, s.batches, s.settings)
     state = fitter.init(s.params)
     reference = lambda model: reference_value_and_grad(  # noqa: E731
@@ -265,6 +406,7 @@ def measure(setup: Setup, folder: Path, repeats: int, progress: bool = True) -> 
         shared_state = shared_fitter.init(s.params)
         calls["engine_shared"] = lambda: engine(s.shared, s.params, s.batches, reg)
         calls["engine_step_shared"] = lambda: shared_fitter.step(s.params, shared_state, s.batches)
+    calls.update(hardware_calls())
     first = {}
     for name, call in calls.items():
         _status(f"compiling {name}", progress)
@@ -273,12 +415,17 @@ def measure(setup: Setup, folder: Path, repeats: int, progress: bool = True) -> 
     for _ in tqdm(range(repeats), desc="bench", disable=not progress):
         for name, call in calls.items():
             warm[name].append(seconds(call))
+    _status("XLA's cost analysis of the engine", progress)
+    costs = {"engine": xla_cost(loss_grad, s.model, s.params, s.batches, reg)}
+    if s.shared is not None:
+        costs["engine_shared"] = xla_cost(loss_grad, s.shared, s.params, s.batches, reg)
     _, _, terms = calls["engine_step"]()
     _status("timing MetricLog.add", progress)
     log = log_seconds(folder, {**terms, "step_time": 1.0})
     out = {
         "timings": {name: timing(first[name], warm[name]) for name in calls},
         "log_add_s": log,
+        "costs": costs,
         **agreement(calls["engine"](), calls["reference"]()),
     }
     if s.shared is not None:
@@ -329,6 +476,8 @@ def run_bench(
         "log_add_per_step_s": m["log_add_s"],
         "logging_fraction_of_step": m["log_add_s"] / t["engine_step"]["median_s"],
     }
+    analytic = sum(mft_flops(setup.model, o.spec.filter) for o in setup.observations) / n
+    record["hardware"] = hardware_record(t, n, m["costs"], analytic)
     if psf_pad:
         record["shared_psf"] = shared_record(t, n, psf_pad, m, differences)
     return record
@@ -371,9 +520,35 @@ def summary(result: dict) -> str:
             f"logging   {result['log_add_per_step_s'] * 1e3:.3f} ms per step = "
             f"{100 * result['logging_fraction_of_step']:.3f}% of a "
             f"{t['engine_step']['median_s']:.4f} s step",
+            *_hardware_summary(result["hardware"]),
             *_shared_summary(result.get("shared_psf")),
         ]
     )
+
+
+def _hardware_summary(hardware: dict) -> list[str]:
+    met = "met" if hardware["target_met"] else "NOT met"
+    lines = [
+        f"machine   matmul {hardware['complex128_matmul_gflop_per_s']:.1f} GFLOP/s complex128 "
+        f"(N = {hardware['matmul_n']}), {hardware['float64_matmul_gflop_per_s']:.1f} float64 "
+        f"(N = {hardware['float64_matmul_n']}); "
+        f"stream {hardware['stream_bandwidth_gb_per_s']:.1f} GB/s"
+    ]
+    for name, label in (("engine", "exact"), ("engine_shared", "shared")):
+        if name not in hardware:
+            continue
+        e = hardware[name]
+        target = f" (target {100 * hardware['target_fraction']:.0f}%: {met})"
+        lines += [
+            f"flops     {label}: {e['flops_per_exposure'] / 1e9:.3f} GFLOP (XLA counts "
+            f"{e['xla_flops_per_exposure'] / 1e9:.3f}) and {e['bytes_per_exposure'] / 1e9:.3f} GB "
+            f"per exposure, {e['flops_per_byte']:.2f} FLOP/byte; {e['gflop_per_s']:.2f} GFLOP/s",
+            f"{'':<9} = {100 * e['fraction_of_float64_matmul']:.1f}% of float64 matmul"
+            f"{target if name == 'engine' else ''}, "
+            f"{100 * e['fraction_of_complex128_matmul']:.1f}% of complex128; {e['bound']}-bound, "
+            f"{100 * e['fraction_of_roof']:.1f}% of the roof {e['roof_gflop_per_s']:.1f} GFLOP/s",
+        ]
+    return lines
 
 
 def _shared_summary(shared: dict | None) -> list[str]:
