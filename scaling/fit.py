@@ -143,7 +143,9 @@ def _fit(
         truth_metrics = _truth_metrics(config, model, result, epochs, list(campaign.names))
         mlflow.log_metrics(truth_metrics, step=result.step)
         _save(results, model, result, campaign, epochs, list(campaign.names))
-        _log_artifacts(config, model, result, stepper.residual_maps(), epochs, pictures)
+        _log_artifacts(
+            config, model, result, stepper.residual_maps(), epochs, list(campaign.names), pictures
+        )
         return FitOutcome(
             active.info.run_id,
             result.params,
@@ -259,13 +261,19 @@ def _save(results: Results, model, result, campaign: Campaign, epochs, names) ->
     )
 
 
-def _log_artifacts(config, model, result, residuals, epochs, pictures) -> None:
+def _log_artifacts(config, model, result, residuals, epochs, names, pictures) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         export_fits(config.results, folder / "fits")
         mlflow.log_artifacts(str(folder / "fits"), "fits")
         pictures = write_fit_pictures(
-            pictures or folder / "pictures", model, result, residuals, epochs, config.truth or None
+            pictures or folder / "pictures",
+            model,
+            result,
+            residuals,
+            epochs,
+            config.truth or None,
+            names,
         )
         if config.truth and is_star_field(config.truth):
             write_flatfield_pictures(pictures, model, result.params, config.truth)

@@ -10,10 +10,9 @@ import pytest
 from scipy.ndimage import fourier_shift, gaussian_filter
 
 from model.source import rotate_image, rotate_points
+from scaling.report.peaks import peaks, subpixel_offsets
 from scaling.report.truth import (
     compare_with_truth,
-    peaks,
-    subpixel_offsets,
     truth_in_fit_frame,
     volcano_motion_errors,
     volcano_offsets,

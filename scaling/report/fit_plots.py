@@ -14,7 +14,7 @@ from model.source import normalise_log_image
 from scaling.data.truthfiles import load_truth
 from scaling.report.plots import _cmap, _figure, _spread
 from scaling.report.tracks import volcano_tracks, write_tracks_png
-from scaling.report.truth import blur, centre_crop, resolution_arcsec
+from scaling.report.truth import blur, centre_crop, resolution_arcsec, truth_in_fit_frame
 
 
 def _extent(n: int, pixel_scale: float) -> list[float]:
@@ -111,12 +111,15 @@ def write_fit_pictures(
     residuals: dict[str, np.ndarray],
     epochs: list[str],
     truth_folder: str | None,
+    names: list[str],
 ) -> Path:
     """images.png, loss.png, residuals.png, aberrations.png and epochs.gif of a fit into
     `folder`, and volcano_tracks.png when the truth has volcanoes
     (`scaling.report.tracks`).
 
-    `residuals` maps exposure names to (p, p) residual maps (see `residual_maps`).
+    `residuals` maps exposure names to (p, p) residual maps (see `residual_maps`);
+    `names` are the fit's exposures in its order (to move the truth into the fit's frame,
+    `truth_in_fit_frame`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,7 +139,9 @@ def write_fit_pictures(
         _images_png(folder / "images.png", images, epochs, pixel_scale, truth, fwhm)
         _gif(folder / "epochs.gif", images, epochs, pixel_scale)
     if images.size and "spot_xy" in arrays:
-        tracks = volcano_tracks(images, pixel_scale, meta, arrays)
+        positions = np.asarray(result.params["exposure"]["position"])
+        _, spot_xy = truth_in_fit_frame(meta, arrays, names, positions, pixel_scale)
+        tracks = volcano_tracks(images, pixel_scale, meta, arrays, spot_xy)
         write_tracks_png(folder / "volcano_tracks.png", tracks, IO_ROTATION_PERIOD_H)
     _loss_png(folder / "loss.png", result.history)
     _residuals_png(folder / "residuals.png", residuals)

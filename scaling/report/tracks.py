@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
 
-from scaling.report.truth import nearest_peaks, peaks
+from scaling.report.peaks import nearest_peaks, peaks
 
 MIN_VISIBILITY = 0.3
 """Cosine of the angle from the sub-observer point below which a volcano is not tracked
@@ -80,14 +80,23 @@ class Track:
     fitted_hour_angle: np.ndarray
 
 
-def volcano_tracks(images: np.ndarray, pixel_scale: float, meta: dict, arrays: dict) -> list[Track]:
+def volcano_tracks(
+    images: np.ndarray, pixel_scale: float, meta: dict, arrays: dict, spot_xy: np.ndarray
+) -> list[Track]:
     """The track of every volcano of a simulated campaign in the recovered epoch
-    `images` (e, n, n) with `pixel_scale` arcsec pixels; `meta`, `arrays`: its truth
-    (`scaling.data.truthfiles.load_truth`)."""
+    `images` (e, n, n) with `pixel_scale` arcsec pixels.
+
+    Args:
+        meta, arrays: the campaign's truth (`scaling.data.truthfiles.load_truth`).
+        spot_xy: (e, k, 2) the true volcano positions in the fit's frame (arcsec;
+            `scaling.report.truth.truth_in_fit_frame`): each recovered position is moved
+            back by the same shift before it is put on Io's surface.
+    """
     io = meta["config"]["io"]
     epochs = meta["epochs"]
     hours = 24.0 * (np.asarray([e["mjd"] for e in epochs]) - epochs[0]["mjd"])
     sub_longitude = np.asarray([e["sub_longitude"] for e in epochs])
+    shifts = np.asarray(spot_xy) - arrays["spot_xy"]
     found = [peaks(image, pixel_scale) for image in images]
     tracks = []
     for k, volcano in enumerate(io["volcanoes"]):
@@ -96,9 +105,8 @@ def volcano_tracks(images: np.ndarray, pixel_scale: float, meta: dict, arrays: d
             for i in range(len(epochs))
             if arrays["spot_visibility"][i, k] > MIN_VISIBILITY and len(found[i])
         ]
-        true_xy = arrays["spot_xy"][seen, k]
         fitted_xy = np.asarray(
-            [nearest_peaks(found[i], xy[None])[0] for i, xy in zip(seen, true_xy, strict=True)]
+            [nearest_peaks(found[i], spot_xy[i, k][None])[0] - shifts[i, k] for i in seen]
         ).reshape(-1, 2)
         angle = hour_angle(fitted_xy, io["sub_latitude"], io["diameter"])
         tracks.append(

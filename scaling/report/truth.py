@@ -16,6 +16,8 @@ Metrics (E an epoch name, F a filter):
   over equal holes, so this is also the RMS wavefront error over the true RMS wavefront.
 * `wavefront_rms_error_nm.F`: RMS over the mask (transmission-weighted) of the optical
   path difference error, fitted − true, nm.
+* `volcano_period_h.V`: Io's rotation period fitted to the recovered track of the
+  brightest volcano V (`scaling.report.tracks`; with a track of 3 epochs or more).
 
 The image and volcano metrics compare in the frame the fit defines (`truth_in_fit_frame`).
 The fit freezes the position of the first exposure of each epoch at its start
@@ -28,11 +30,13 @@ data can tell from the pointing. The true images and volcanoes are moved by it f
 
 import jax
 import numpy as np
-from scipy.ndimage import fourier_shift, gaussian_filter, maximum_filter
+from scipy.ndimage import fourier_shift, gaussian_filter
 
-from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT, NM
+from model.constants import ARCSEC, HOLE_CENTRES, HOLE_FLAT_TO_FLAT, IO_ROTATION_PERIOD_H, NM
 from model.source import normalise_log_image, rotate_points
 from scaling.data.truthfiles import load_truth
+from scaling.report.peaks import nearest_peaks, peaks
+from scaling.report.tracks import period_metrics, volcano_tracks
 
 FWHM_PER_SIGMA = 2 * np.sqrt(2 * np.log(2))
 
@@ -77,42 +81,6 @@ def compare_with_truth(
     ]
 
 
-def peaks(image: np.ndarray, pixel_scale: float, count: int = 8) -> np.ndarray:
-    """(count, 2) (x, y) arcsec of the strongest compact peaks (local maxima of the image
-    minus its 3-pixel Gaussian blur), strongest first; origin at the image centre. Each
-    peak is placed to a fraction of a pixel (`subpixel_offsets`): a volcano blurred over
-    several pixels has a flat top, and which of two nearly equal pixels is the maximum
-    would otherwise move the peak by a whole pixel."""
-    detail = image - gaussian_filter(image, 3.0)
-    local = (detail == maximum_filter(detail, size=5)) & (detail > 0)
-    rows, cols = np.nonzero(local)
-    order = np.argsort(detail[rows, cols])[::-1][:count]
-    rows, cols = rows[order], cols[order]
-    dx, dy = subpixel_offsets(detail, rows, cols)
-    centre = (image.shape[-1] - 1) / 2
-    return np.stack([cols + dx - centre, rows + dy - centre], axis=-1) * pixel_scale
-
-
-def subpixel_offsets(
-    image: np.ndarray, rows: np.ndarray, cols: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(dx, dy) pixels: the vertex of the parabola through each local maximum of `image`
-    at (`rows`, `cols`) and its two neighbours along x, and along y; within ±0.5 since
-    the centre is the largest of the three; 0 on the image's edge or a flat top."""
-
-    def vertex(before: np.ndarray, at: np.ndarray, after: np.ndarray) -> np.ndarray:
-        a, b = at - before, at - after
-        total = a + b
-        return np.where(total > 0, 0.5 * (a - b) / np.where(total > 0, total, 1.0), 0.0)
-
-    n = image.shape[-1]
-    inside = (rows > 0) & (rows < n - 1) & (cols > 0) & (cols < n - 1)
-    r, c = np.clip(rows, 1, n - 2), np.clip(cols, 1, n - 2)
-    dx = vertex(image[r, c - 1], image[r, c], image[r, c + 1])
-    dy = vertex(image[r - 1, c], image[r, c], image[r + 1, c])
-    return np.where(inside, dx, 0.0), np.where(inside, dy, 0.0)
-
-
 def volcano_offsets(
     image: np.ndarray, spot_xy: np.ndarray, weight: np.ndarray, pixel_scale: float, k: int = 3
 ) -> np.ndarray:
@@ -146,12 +114,6 @@ def aberration_errors(pupil, fitted: np.ndarray, true: np.ndarray) -> tuple[floa
     opd = np.asarray(pupil.opd(error)) / NM
     nm = float(np.sqrt(np.sum(weight * opd**2) / np.sum(weight)))
     return float(np.sqrt(np.sum(error**2) / np.sum(truth**2))), nm
-
-
-def nearest_peaks(found: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """(k, 2) the recovered peak nearest to each of the k points `xy`."""
-    d = np.hypot(*(xy[:, None, :] - found[None, :, :]).transpose(2, 0, 1))
-    return found[np.argmin(d, axis=1)]
 
 
 def volcano_motion_errors(
@@ -232,6 +194,8 @@ def truth_comparison(
         metrics[f"ncc.{epoch}"] = nccs[i]
         if offsets.size:
             metrics[f"volcano_offset_pix.{epoch}"] = float(offsets.max()) / pixel
+    tracks = volcano_tracks(images, scale, meta, arrays, spot_xy)
+    metrics.update(period_metrics(tracks, brightness, IO_ROTATION_PERIOD_H))
     motion = volcano_motion_errors(images, spot_xy, visibility, brightness, scale)
     for i, error in enumerate(motion):
         if not np.isnan(error):
