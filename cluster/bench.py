@@ -18,10 +18,11 @@ first step is timed again by a one-step fit with that cache (warm). Per run it r
 * each worker's median compute time, and the coordinator's share of the step: the
   median of each step's time beyond its slowest worker's compute (Ray's transfers, the
   gradient sum, the shared update) as milliseconds and as a fraction of the step;
-* the peak resident host memory of the driver during the fit and of each worker (and
-  the peak device memory of workers on GPUs);
+* the resident host memory of the driver when the fit starts and its peak during the
+  fit, and the peak of each worker (and the peak device memory of workers on GPUs);
 * the time to gather and write the checkpoint (the fit writes one, at its last step);
-* the first step with a cold and a warm compile cache;
+* the first step with a cold and a warm compile cache, and each beyond the median step
+  (what compiling, or loading from the cache, adds);
 * the final loss, which must agree across worker counts to float64 round-off.
 
 It writes the JSON, prints a table, and with `--exposures` draws a PNG beside the JSON:
@@ -94,6 +95,7 @@ def time_fit(
             seen["placement"] = getattr(stepper, "where", [])
 
     reset_host_peak()
+    driver_start = host_peak_bytes()
     began = time.perf_counter()
     outcome = fit_campaign(config, progress=False, stepper=stepper_for(config), callback=at_end)
     wall = time.perf_counter() - began
@@ -116,6 +118,8 @@ def time_fit(
         "wall_s": wall,
         "first_step_s": float(steps[0]),
         "first_step_warm_cache_s": warm,
+        "first_step_beyond_median_s": float(steps[0]) - median,
+        "first_step_warm_cache_beyond_median_s": None if warm is None else warm - median,
         "median_step_s": median,
         "exposure_steps_per_s": exposures / median,
         "exposure_step_ms": 1000 * median / exposures,
@@ -126,6 +130,7 @@ def time_fit(
             for k, v in outcome.history.items()
             if k.startswith("worker_time.")
         },
+        "driver_start_host_bytes": driver_start,
         "driver_peak_host_bytes": driver_peak,
         "peak_bytes": seen.get("memory", {}),
         "checkpoint_s": outcome.checkpoint_seconds,
@@ -153,23 +158,27 @@ def sub_campaigns(store: str, sizes: list[int]) -> list[tuple[int, ...]]:
 
 def _line(run: dict) -> str:
     share = run["coordinator_share"]
-    warm = run["first_step_warm_cache_s"]
+    warm = run["first_step_warm_cache_beyond_median_s"]
     workers = [v["host"] for v in run["peak_bytes"].values() if "host" in v]
+    start, peak = run["driver_start_host_bytes"], run["driver_peak_host_bytes"]
     return (
         f"{run['exposures']:>9} {run['workers']:>7} {1000 * run['median_step_s']:>9.1f} "
         f"{run['exposure_step_ms']:>8.2f} {run['exposure_steps_per_s']:>8.1f} "
         f"{'-' if share is None else f'{100 * share:.1f}%':>7} "
-        f"{run['first_step_s']:>7.1f} {'-' if warm is None else f'{warm:.1f}':>6} "
-        f"{np.median(run['checkpoint_s']):>7.2f} {run['driver_peak_host_bytes'] / 2**20:>8.0f} "
+        f"{run['first_step_beyond_median_s']:>7.1f} {'-' if warm is None else f'{warm:.1f}':>6} "
+        f"{np.median(run['checkpoint_s']):>7.2f} "
+        f"{f'{start / 2**20:.0f}+{(peak - start) / 2**20:.0f}':>11} "
         f"{'/'.join(f'{b / 2**20:.0f}' for b in workers) or '-':>11}"
     )
 
 
 def table(runs: list[dict]) -> str:
-    """One line per run (times s or ms, memory MiB)."""
+    """One line per run (times s or ms, memory MiB): "cold s" and "warm s" are the first
+    step beyond the median step with a cold and a warm compile cache; "driver MiB" its
+    resident memory at the fit's start + the most the fit added."""
     head = (
-        "exposures workers   ms/step ms/exp-s  exp-s/s  coord. first s warm s ckpt s "
-        "driver MiB  worker MiB"
+        "exposures workers   ms/step ms/exp-s  exp-s/s  coord.  cold s warm s ckpt s "
+        " driver MiB  worker MiB"
     )
     return "\n".join([head, *map(_line, runs)])
 
@@ -184,7 +193,7 @@ def plot(runs: list[dict], path: Path) -> None:
     for n in sorted({r["workers"] for r in runs}):
         mine = sorted((r for r in runs if r["workers"] == n), key=lambda r: r["exposures"])
         x = [r["exposures"] for r in mine]
-        label = f"{n} workers" if n else "in process"
+        label = f"{n} worker{'s' if n > 1 else ''}" if n else "in process"
         left.plot(x, [r["exposure_step_ms"] for r in mine], "o-", label=label)
         if n:
             right.plot(x, [100 * r["coordinator_share"] for r in mine], "o-", label=label)
