@@ -5,8 +5,8 @@ Metrics (E an epoch name, F a filter):
 * `ncc.E`: normalised cross-correlation of the epoch image with the truth, both blurred
   to λ / B_max of the mask.
 * `volcano_offset_pix.E`: worst distance, in detector pixels, from each of the 3
-  brightest visible volcanoes to the nearest recovered peak (placed to a fraction of an
-  image pixel, `peaks`).
+  brightest visible volcanoes (visibility ≥ `VISIBLE`) to the nearest recovered peak
+  (placed to a fraction of an image pixel, `peaks`).
 * `volcano_motion_error_pix.E1-E2`: for consecutive epochs, the worst difference, in
   detector pixels, between the recovered and the true displacement of each of the 3
   brightest volcanoes visible in both (each position taken as the nearest recovered peak).
@@ -99,6 +99,11 @@ def volcano_offsets(
 BRIGHTEST = 3
 """How many of the brightest visible volcanoes each volcano metric uses."""
 
+VISIBLE = 0.1
+"""Visibility (cosine of the angle from the sub-observer point) from which a volcano
+counts as visible to the volcano metrics: closer to the limb than about 6° it is
+foreshortened into a fraction of a pixel of the darkened limb, which no image shows."""
+
 
 def aberration_errors(pupil, fitted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     """(RMS coefficient error / RMS true coefficient, RMS OPD error in nm), both on the
@@ -186,7 +191,7 @@ def truth_comparison(
     truth_images, spot_xy = truth_in_fit_frame(meta, arrays, names, positions, scale)
     nccs = compare_with_truth(images, truth_images, scale, wavelength)
     brightness = np.asarray([v["brightness"] for v in meta["config"]["io"]["volcanoes"]])
-    visibility = arrays["spot_visibility"]
+    visibility = np.where(arrays["spot_visibility"] >= VISIBLE, arrays["spot_visibility"], 0.0)
     metrics = {}
     for i, epoch in enumerate(epochs):
         weight = brightness * visibility[i]
