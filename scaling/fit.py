@@ -140,12 +140,11 @@ def _fit(
         chi2_sum, count = stepper.chi_squared()
         chi2 = chi2_sum / count
         mlflow.log_metric("reduced_chi2", chi2, step=result.step)
-        truth_metrics = _truth_metrics(config, model, result, epochs, list(campaign.names))
+        names = list(campaign.names)
+        truth_metrics = _truth_metrics(config, model, result, epochs, names)
         mlflow.log_metrics(truth_metrics, step=result.step)
-        _save(results, model, result, campaign, epochs, list(campaign.names))
-        _log_artifacts(
-            config, model, result, stepper.residual_maps(), epochs, list(campaign.names), pictures
-        )
+        _save(results, model, result, campaign, epochs, names)
+        _log_artifacts(config, model, result, stepper.residual_maps(), epochs, names, pictures)
         return FitOutcome(
             active.info.run_id,
             result.params,
