@@ -25,6 +25,9 @@ first step is timed again by a one-step fit with that cache (warm). Per run it r
   (what compiling, or loading from the cache, adds);
 * the final loss, which must agree across worker counts to float64 round-off.
 
+With `--transport tasks,graph` each worker count is fitted once per transport of the
+step (`ClusterConfig.transport`), side by side.
+
 It writes the JSON, prints a table, and with `--exposures` draws a PNG beside the JSON:
 time per exposure-step and the coordinator's share against exposures.
 """
@@ -74,19 +77,31 @@ def _overhead(history: dict, warmup: int) -> tuple[float | None, float | None]:
     return float(1000 * np.median(extra)), float(np.median(extra / steps))
 
 
-def _with_workers(config: FitConfig, workers: int, gpus: float, cache: str) -> FitConfig:
+def _with_workers(
+    config: FitConfig, workers: int, gpus: float, cache: str, transport: str
+) -> FitConfig:
     cluster = dataclasses.replace(
-        config.cluster, workers=workers, gpus_per_worker=gpus, compile_cache=cache
+        config.cluster,
+        workers=workers,
+        gpus_per_worker=gpus,
+        compile_cache=cache,
+        transport=transport,
     )
     return dataclasses.replace(config, cluster=cluster)
 
 
 def time_fit(
-    config: FitConfig, workers: int, gpus: float, exposures: int, warmup: int, cache: str
+    config: FitConfig,
+    workers: int,
+    gpus: float,
+    exposures: int,
+    warmup: int,
+    cache: str,
+    transport: str = "tasks",
 ) -> dict:
     """Fit with `workers` Ray workers (0: in process) and summarise its timings; on
     workers, time a one-step fit with the same compile cache afterwards (warm)."""
-    config = _with_workers(config, workers, gpus, cache)
+    config = _with_workers(config, workers, gpus, cache, transport)
     seen: dict = {}
 
     def at_end(step, stepper):
@@ -115,6 +130,7 @@ def time_fit(
         "workers": workers,
         "exposures": exposures,
         "gpus_per_worker": gpus,
+        "transport": config.cluster.transport if workers else "",
         "wall_s": wall,
         "first_step_s": float(steps[0]),
         "first_step_warm_cache_s": warm,
@@ -162,7 +178,8 @@ def _line(run: dict) -> str:
     workers = [v["host"] for v in run["peak_bytes"].values() if "host" in v]
     start, peak = run["driver_start_host_bytes"], run["driver_peak_host_bytes"]
     return (
-        f"{run['exposures']:>9} {run['workers']:>7} {1000 * run['median_step_s']:>9.1f} "
+        f"{run['exposures']:>9} {run['workers']:>7} {run.get('transport', ''):>9} "
+        f"{1000 * run['median_step_s']:>9.1f} "
         f"{run['exposure_step_ms']:>8.2f} {run['exposure_steps_per_s']:>8.1f} "
         f"{'-' if share is None else f'{100 * share:.1f}%':>7} "
         f"{run['first_step_beyond_median_s']:>7.1f} {'-' if warm is None else f'{warm:.1f}':>6} "
@@ -177,7 +194,7 @@ def table(runs: list[dict]) -> str:
     step beyond the median step with a cold and a warm compile cache; "driver MiB" its
     resident memory at the fit's start + the most the fit added."""
     head = (
-        "exposures workers   ms/step ms/exp-s  exp-s/s  coord.  cold s warm s ckpt s "
+        "exposures workers transport   ms/step ms/exp-s  exp-s/s  coord.  cold s warm s ckpt s "
         " driver MiB  worker MiB"
     )
     return "\n".join([head, *map(_line, runs)])
@@ -206,7 +223,7 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def _runs(campaign, fit, root: Path, workers, steps, gpus, sizes, warmup):
+def _runs(campaign, fit, root: Path, workers, steps, gpus, sizes, warmup, transports):
     """(runs, final-loss spread per size, exposures of the campaign) in folder `root`."""
     files = simulate(campaign, root / "sim", progress=False)
     store = str(root / "campaign.zarr")
@@ -215,19 +232,20 @@ def _runs(campaign, fit, root: Path, workers, steps, gpus, sizes, warmup):
     for selection in sub_campaigns(store, sizes or [len(files)]):
         count = len(Campaign.open(store).select(observation=selection).names)
         losses = []
-        for n in workers:
+        pairs = [(w, t) for w in workers for t in (transports if w else ["tasks"])]
+        for n, transport in pairs:
             config = dataclasses.replace(
                 fit,
                 campaign=store,
-                results=str(root / f"results{count}-{n}.zarr"),
+                results=str(root / f"results{count}-{n}-{transport}.zarr"),
                 truth="",
                 steps=steps,
                 checkpoint_every=steps,
                 select=dataclasses.replace(fit.select, observations=selection),
                 tracking=dataclasses.replace(fit.tracking, uri=f"sqlite:///{root}/mlflow.db"),
             )
-            cache = str(root / f"cache{count}-{n}")
-            runs.append(time_fit(config, n, gpus if n else 0.0, count, warmup, cache))
+            cache = str(root / f"cache{count}-{n}-{transport}")
+            runs.append(time_fit(config, n, gpus if n else 0.0, count, warmup, cache, transport))
             losses.append(runs[-1]["final_loss"])
             print(_line(runs[-1]), flush=True)
         spreads[str(count)] = (max(losses) - min(losses)) / abs(losses[0])
@@ -243,6 +261,7 @@ def bench(
     sizes: list[int] | None = None,
     warmup: int = WARMUP,
     psf_pad: int | None = None,
+    transports: tuple[str, ...] = ("tasks",),
 ) -> dict:
     """Timings of the same fit for each campaign size and worker count, with host
     details."""
@@ -254,7 +273,7 @@ def bench(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             runs, spreads, exposures = _runs(
-                campaign, fit, Path(tmp), workers, steps, gpus, sizes, warmup
+                campaign, fit, Path(tmp), workers, steps, gpus, sizes, warmup, transports
             )
     finally:
         if owns_ray:
@@ -292,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=WARMUP, help="steps left out of medians")
     parser.add_argument("--psf-pad", type=int, help="the fit's instrument.psf_pad instead")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument(
+        "--transport", default="tasks", help="comma-separated step transports (tasks,graph)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     campaign, fit = load_config(args.campaign), load_config(args.fit)
@@ -307,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table([]), flush=True)
     report = bench(
         campaign, fit, _ints(args.workers), args.steps, args.gpus_per_worker, sizes,
-        args.warmup, args.psf_pad,
+        args.warmup, args.psf_pad, tuple(args.transport.split(",")),
     )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

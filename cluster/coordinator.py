@@ -1,10 +1,13 @@
 """`RayStepper`: the steps of a fit on Ray shard workers, equal to one process.
 
 The coordinator (the driver process) holds the shared parameters and their optimiser.
-Each step it puts them in Ray's object store once, every worker runs its local half-step
-on its shard and returns its partial shared gradient, and the coordinator sums those in
-shard order (so the result does not depend on which worker answers first), scales them
-by the shared Fisher diagonal and updates. The driver never reads exposure arrays.
+Each step it sends them to every worker (`ClusterConfig.transport`: an object-store put
+and one task per worker, or a Ray Compiled Graph, shared-memory channels to the resident
+workers built at the first step), every worker runs its local half-step on its shard and
+returns its partial shared gradient, and the coordinator sums those in shard order (so
+the result does not depend on which worker answers first), scales them by the shared
+Fisher diagonal and updates. The driver never reads exposure arrays. Calls other than the
+step (checkpoints, χ², results) are ordinary actor tasks, made between steps.
 
 A worker that dies raises `WorkerLost` after a replacement worker has been started on
 the same shard; the fit then rolls every worker back to the last checkpoint.
@@ -20,6 +23,8 @@ import jax
 import numpy as np
 import ray
 from ray._private import ray_constants
+from ray.dag import InputNode, MultiOutputNode
+from ray.experimental.compiled_dag_ref import CompiledDAGRef
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -125,6 +130,7 @@ class RayStepper:
         self.owns_ray = connect(cluster)
         self.group, self.owns_group, self.first_bundle = None, False, 0
         self.workers: list = []
+        self.graph = None
         try:
             self._place()
             self.workers = [self._spawn(i) for i in range(len(self.shards))]
@@ -143,6 +149,8 @@ class RayStepper:
                 settings,
                 join({"shared": self.shared_scale}, empty),
             )
+            fitter = self.fitter  # closed over: its arrays are constants of the update
+            self.shared_step = jax.jit(lambda *args: fitter.shared_step(*args))
             self._reset_shared()
         except BaseException:
             self.close()
@@ -213,11 +221,15 @@ class RayStepper:
         self._reset_shared()
 
     def step(self) -> dict[str, float]:
-        shared = ray.put(self.shared)
-        outs = self._gather([w.local_step.remote(shared) for w in self.workers], "step")
+        if self.config.cluster.transport == "graph":
+            refs = self._step_graph().execute(self.shared)
+        else:
+            shared = ray.put(self.shared)
+            refs = [w.local_step.remote(shared) for w in self.workers]
+        outs = self._gather(refs, "step")
         grads = {"shared": _sum([g for g, _, _ in outs])}
         terms = {k: sum(t[k] for _, t, _ in outs) for k in outs[0][1]}
-        shared, state, shared_sumsq = self.fitter.shared_step(
+        shared, state, shared_sumsq = self.shared_step(
             {"shared": self.shared}, self.shared_state, grads
         )
         self.shared, self.shared_state = jax.device_get(shared["shared"]), state
@@ -282,7 +294,23 @@ class RayStepper:
     def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
         raise ValueError("quasi_newton: the L-BFGS stage runs in one process only")
 
+    def _step_graph(self):
+        """The compiled graph of one step: the shared parameters in, every worker's
+        `local_step` out, in shard order (compiled at the first step after the workers
+        change)."""
+        if self.graph is None:
+            with InputNode() as shared:
+                steps = MultiOutputNode([w.local_step.bind(shared) for w in self.workers])
+            self.graph = steps.experimental_compile()
+        return self.graph
+
+    def _drop_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.teardown()
+            self.graph = None
+
     def close(self) -> None:
+        self._drop_graph()
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.workers = []
@@ -305,8 +333,8 @@ class RayStepper:
         out, lost = [], []
         for i, ref in enumerate(refs):
             try:
-                out.append(ray.get(ref))
-            except ray.exceptions.RayActorError as err:
+                out.append(ref.get(timeout=-1) if isinstance(ref, CompiledDAGRef) else ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.RayChannelError) as err:
                 lost.append((i, err))
             except ray.exceptions.RayTaskError as err:
                 raise RuntimeError(
@@ -314,9 +342,11 @@ class RayStepper:
                     f"{what} at step {self.step_index + 1}: {err.cause}"
                 ) from err
         if lost:
-            for i, _ in lost:
+            self._drop_graph()  # a dead actor ends the graph: every output reports it
+            dead = [(i, e) for i, e in lost if not self._alive(i)]
+            for i, _ in dead:
                 self._replace(i)
-            i, err = lost[0]
+            i, err = (dead or lost)[0]
             raise WorkerLost(
                 f"worker {i} on node {self.where[i]['node_id'][:12]} (exposures "
                 f"{', '.join(self.shards[i].exposures)}) lost in {what} at step "
@@ -324,7 +354,15 @@ class RayStepper:
             )
         return out
 
+    def _alive(self, i: int) -> bool:
+        try:
+            ray.get(self.workers[i].describe.remote())
+        except ray.exceptions.RayActorError:
+            return False
+        return True
+
     def _replace(self, i: int) -> None:
+        self._drop_graph()
         ray.kill(self.workers[i], no_restart=True)
         self.workers[i] = self._spawn(i)
         ray.get(self.workers[i].start.remote(self.shared_scale))

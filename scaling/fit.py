@@ -177,11 +177,12 @@ def _steps(
     history = {k: list(v) for k, v in history.items()}
     restarts, step = 0, start
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="fit")
-    clock = time.perf_counter()
     while step < config.steps:
         due = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
         try:
+            began = time.perf_counter()
             terms = stepper.step()
+            seconds = time.perf_counter() - began
             gathering = time.perf_counter()
             trees = stepper.checkpoint() if due else None
             gathered = time.perf_counter() - gathering
@@ -200,15 +201,13 @@ def _steps(
             tqdm.write(f"fit: {lost}; rolled back to step {step}")
             bar.reset(total=config.steps)
             bar.update(step)
-            clock = time.perf_counter()
             continue
         step += 1
         if not math.isfinite(terms["total"]):
             raise FloatingPointError(
                 f"step {step}: the loss is {terms['total']} (diverged: lower a learning rate)"
             )
-        now = time.perf_counter()
-        terms["step_time"], clock = now - clock, now
+        terms["step_time"] = seconds
         for k, v in terms.items():
             history.setdefault(k, []).append(v)
         metrics.add(step, terms)

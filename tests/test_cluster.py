@@ -42,7 +42,9 @@ def root(tmp_path_factory):
     return root
 
 
-def config(root, name: str, workers: int = 0, campaign: str = "campaign.zarr"):
+def config(
+    root, name: str, workers: int = 0, campaign: str = "campaign.zarr", transport: str = "tasks"
+):
     """The suite's fit (configs/io_test_fit.toml) of the store under `root`, for STEPS
     steps with a checkpoint every 5, on `workers` Ray workers of half a CPU each."""
     base = load_config("configs/io_test_fit.toml")
@@ -59,6 +61,7 @@ def config(root, name: str, workers: int = 0, campaign: str = "campaign.zarr"):
             workers=workers,
             cpus_per_worker=0.5,
             compile_cache=CACHE,
+            transport=transport,
         ),
     )
 
@@ -97,7 +100,8 @@ def test_local_ray_binds_to_localhost(local_ray):
 
 
 def test_workers_equal_single_process(root, reference, local_ray, driver_without_arrays):
-    """2 workers; 3 (uneven shards) on 3 nodes in `test_three_nodes_hold_one_shard_each`."""
+    """2 workers; 3 (uneven shards) on 3 nodes in `test_three_nodes_hold_one_shard_each`;
+    through a compiled graph in `test_killed_worker_rolls_back_and_equals_uninterrupted`."""
     workers = 2
     cfg = config(root, f"workers{workers}", workers)
     out = fit_campaign(cfg, progress=False, stepper=RayStepper)
@@ -134,7 +138,7 @@ def test_cluster_bench_times_workers_side_by_side(tmp_path, local_ray):
     assert bench_main([*args, *options]) == 0
     report = json.loads(out.read_text())
     one, two = report["runs"]
-    assert (one["workers"], two["workers"]) == (0, 2)
+    assert (one["workers"], two["workers"], two["transport"]) == (0, 2, "tasks")
     assert 3 <= one["exposures"] == two["exposures"] < report["exposures"]
     assert all(spread < 1e-12 for spread in report["final_loss_spread"].values())
     assert two["median_step_s"] > 0 and len(two["median_worker_compute_s"]) == 2
@@ -160,10 +164,11 @@ def test_asking_for_missing_gpus_fails_at_once(root, local_ray):
         fit_campaign(cfg, progress=False, stepper=RayStepper)
 
 
+@pytest.mark.parametrize("transport", ["tasks", "graph"])
 def test_killed_worker_rolls_back_and_equals_uninterrupted(
-    root, reference, local_ray, driver_without_arrays
+    root, reference, local_ray, driver_without_arrays, transport
 ):
-    cfg = config(root, "killed", 2)
+    cfg = config(root, f"killed-{transport}", 2, transport=transport)
     killed = []
 
     def kill_worker_1(step, stepper):

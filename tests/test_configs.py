@@ -130,6 +130,7 @@ def test_values_are_typed(tmp_path):
         ("kind = 'fit'\ncalibration = 3\n", "calibration", ["a string"]),
         ("kind = 'fit'\nposition_start = 'middle'\n", "position_start", ["'centroid'"]),
         ("kind = 'fit'\n[quasi_newton]\ntolerance = -1\n", "quasi_newton.tolerance", [">= 0"]),
+        ("kind = 'fit'\n[cluster]\ntransport = 'dag'\n", "cluster.transport", ["'graph'"]),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path, text, key, words):

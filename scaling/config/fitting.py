@@ -149,6 +149,7 @@ POSITION_STARTS = ("centre", "centroid")
 
 
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
+TRANSPORTS = ("tasks", "graph")
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,10 @@ class ClusterConfig:
     allowed); placement: Ray placement-group strategy of the workers; max_restarts:
     lost workers replaced per run before it fails; compile_cache: JAX persistent
     compilation cache folder shared by the workers ("" → $JAX_COMPILATION_CACHE_DIR, else
-    ~/.cache/ami-scaling/jax on each node).
+    ~/.cache/ami-scaling/jax on each node); transport: how a step reaches the workers:
+    "tasks" (an object-store put and one actor task per worker) or "graph" (a Ray
+    Compiled Graph: shared-memory channels, about half the fixed cost per step, but read
+    by polling in every process, which slows CPU workers; BENCHMARKS.md).
     """
 
     workers: int = 0
@@ -171,9 +175,11 @@ class ClusterConfig:
     placement: str = "SPREAD"
     max_restarts: int = 3
     compile_cache: str = ""
+    transport: str = "tasks"
 
     def __post_init__(self):
         positive_ints(self, "workers", "max_restarts", minimum=0)
+        require(self.transport in TRANSPORTS, "transport", f"one of {TRANSPORTS}", self.transport)
         require(self.cpus_per_worker > 0, "cpus_per_worker", "a number > 0", self.cpus_per_worker)
         non_negative(self, "gpus_per_worker")
         require(self.placement in PLACEMENTS, "placement", f"one of {PLACEMENTS}", self.placement)
