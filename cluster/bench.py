@@ -178,7 +178,7 @@ def _line(run: dict) -> str:
     workers = [v["host"] for v in run["peak_bytes"].values() if "host" in v]
     start, peak = run["driver_start_host_bytes"], run["driver_peak_host_bytes"]
     return (
-        f"{run['exposures']:>9} {run['workers']:>7} {run.get('transport', ''):>9} "
+        f"{run['exposures']:>9} {run['workers']:>7} {run['transport']:>9} "
         f"{1000 * run['median_step_s']:>9.1f} "
         f"{run['exposure_step_ms']:>8.2f} {run['exposure_steps_per_s']:>8.1f} "
         f"{'-' if share is None else f'{100 * share:.1f}%':>7} "

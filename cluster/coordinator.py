@@ -362,7 +362,6 @@ class RayStepper:
         return True
 
     def _replace(self, i: int) -> None:
-        self._drop_graph()
         ray.kill(self.workers[i], no_restart=True)
         self.workers[i] = self._spawn(i)
         ray.get(self.workers[i].start.remote(self.shared_scale))

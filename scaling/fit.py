@@ -182,8 +182,8 @@ def _steps(
         try:
             began = time.perf_counter()
             terms = stepper.step()
-            seconds = time.perf_counter() - began
             gathering = time.perf_counter()
+            seconds = gathering - began
             trees = stepper.checkpoint() if due else None
             gathered = time.perf_counter() - gathering
         except WorkerLost as lost:
