@@ -224,8 +224,7 @@ class RayStepper:
         if self.config.cluster.transport == "graph":
             refs = self._step_graph().execute(self.shared)
         else:
-            shared = ray.put(self.shared)
-            refs = [w.local_step.remote(shared) for w in self.workers]
+            refs = self._call_with_shared("local_step")
         outs = self._gather(refs, "step")
         grads = {"shared": _sum([g for g, _, _ in outs])}
         terms = {k: sum(t[k] for _, t, _ in outs) for k in outs[0][1]}
@@ -267,8 +266,7 @@ class RayStepper:
         return {"shared": self.shared, "epoch": epoch, "exposure": exposure}
 
     def chi_squared(self) -> tuple[float, float]:
-        shared = ray.put(self.shared)
-        sums = self._gather([w.chi_squared.remote(shared) for w in self.workers], "chi2")
+        sums = self._gather(self._call_with_shared("chi_squared"), "chi2")
         return sum(c for c, _ in sums), sum(n for _, n in sums)
 
     def placement_tags(self) -> dict[str, str]:
@@ -283,12 +281,10 @@ class RayStepper:
     def validation_nll(self) -> float:
         if not self.config.validation_fraction:
             return float("nan")
-        shared = ray.put(self.shared)
-        return sum(self._gather([w.validation_nll.remote(shared) for w in self.workers], "nll"))
+        return sum(self._gather(self._call_with_shared("validation_nll"), "nll"))
 
     def residual_maps(self) -> dict[str, np.ndarray]:
-        shared = ray.put(self.shared)
-        maps = self._gather([w.residual_maps.remote(shared) for w in self.workers], "residuals")
+        maps = self._gather(self._call_with_shared("residual_maps"), "residuals")
         return {name: m[name] for m in maps for name in m}
 
     def refine(self, names, steps: int, memory: int, tolerance: float = 0.0) -> list[float]:
@@ -327,6 +323,12 @@ class RayStepper:
         if what == "exposures":
             return [[self.names.index(n) for n in s.exposures] for s in self.shards]
         return [[self.epochs.index(e) for e in s.epochs] for s in self.shards]
+
+    def _call_with_shared(self, method: str) -> list:
+        """One call of the workers' `method` each on the current shared parameters, put
+        in the object store once → their refs, in shard order."""
+        shared = ray.put(self.shared)
+        return [getattr(w, method).remote(shared) for w in self.workers]
 
     def _gather(self, refs: list, what: str) -> list:
         """Results of one call per worker; a dead worker is replaced, then `WorkerLost`."""

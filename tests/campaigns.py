@@ -14,18 +14,22 @@ The physics tests' tiny models and parameters are in `tests.helpers`, which impo
 import dataclasses
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from model import ami_model, make_spec, nominal_detector
 from model.noise import noisy_slopes
+from model.source import normalise_log_image
 from scaling.config import config_to_dict, load_config
 from scaling.data.fitsio import ExposureMeta, ExposureRecord, exposure_name, write_exposure
 from scaling.data.ingest import ingest
 from scaling.data.products import write_rate_product
+from scaling.data.results import Results
 from scaling.fitting.params import Observation, exposure_params, make_batches, select
 from scaling.simulate import simulate
 
@@ -292,3 +296,36 @@ def write_toml(path, config) -> str:
     table(config_to_dict(config), "")
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def scaling_cli(*args: str) -> list[str]:
+    """The command line of `scaling ARGS` in a new Python process (one whose Ray
+    session ends with it: a test process starts Ray at most once, since Ray may crash a
+    process that starts it again while threads of the first session remain)."""
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from cluster.cli import main; sys.exit(main())",
+        *args,
+    ]
+
+
+def assert_saved_equal(results: str | Path, outcome, rtol: float = 1e-10) -> None:
+    """The latest snapshot in the results store `results` equals the parameters and loss
+    history of the fit `outcome` (a `FitOutcome` of the same campaign and steps)."""
+    saved = Results.open(str(results)).load()
+    params = outcome.params
+    assert saved.step == outcome.step
+    for name, value in saved.shared.items():
+        for a, b in zip(
+            jax.tree.leaves(value), jax.tree.leaves(params["shared"][name]), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-14, err_msg=name)
+    for name, value in saved.exposure.items():
+        np.testing.assert_allclose(
+            value, params["exposure"][name], rtol=rtol, atol=1e-14, err_msg=name
+        )
+    for i, image in enumerate(saved.images):
+        expected = normalise_log_image(params["epoch"]["log_image"][i])
+        np.testing.assert_allclose(image.data, expected, rtol=rtol, atol=1e-14, err_msg=image.name)
+    np.testing.assert_allclose(saved.loss, outcome.history["total"], rtol=rtol)

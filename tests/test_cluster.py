@@ -17,7 +17,6 @@ import pytest
 import ray
 import zarr
 from mlflow.tracking import MlflowClient
-from ray.cluster_utils import Cluster
 
 from cluster.bench import main as bench_main
 from cluster.bench import sub_campaigns
@@ -27,7 +26,7 @@ from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
 
-from .campaigns import simulated_campaign, write_toml
+from .campaigns import assert_saved_equal, scaling_cli, simulated_campaign, write_toml
 from .conftest import CACHE
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -206,15 +205,6 @@ def test_worker_error_names_worker_exposure_and_step(root, local_ray):
     assert victim in runs[0].data.tags["error"]
 
 
-def _scaling(*args) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from cluster.cli import main; sys.exit(main())",
-        *args,
-    ]
-
-
 DRIVER_KILLED_AT_12 = """
 import os, signal, sys
 from cluster.coordinator import RayStepper
@@ -229,10 +219,13 @@ fit_campaign(load_config(sys.argv[1]), progress=False, stepper=RayStepper, callb
 """
 
 
-def test_killed_driver_resumes_to_the_same_result(root, reference):
-    """The driver SIGKILLs itself after step 12 (the last checkpoint is step 10); then
-    `scaling fit --resume` finishes the fit."""
+def test_killed_driver_resumes_to_the_same_result(root, reference, local_ray):
+    """The driver, a process joining the module's Ray, SIGKILLs itself after step 12 (the
+    last checkpoint is step 10; Ray ends its workers); then `scaling fit --resume`
+    finishes the fit."""
     cfg = config(root, "driver", 2)
+    address = ray.get_runtime_context().gcs_address
+    cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, address=address))
     path = write_toml(root / "driver.toml", cfg)
     assert load_config(path) == cfg
     results = root / "driver.zarr"
@@ -249,22 +242,14 @@ def test_killed_driver_resumes_to_the_same_result(root, reference):
         os.killpg(first.pid, signal.SIGKILL)  # the Ray processes it started
     assert _steps(results) == [5, 10]
     done = subprocess.run(
-        _scaling("fit", path, "--resume", "--quiet"),
+        scaling_cli("fit", path, "--resume", "--quiet"),
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    snapshot = Results.open(results).load()
-    assert snapshot.step == STEPS
-    ref = reference.params
-    for name, value in snapshot.shared.items():
-        np.testing.assert_allclose(
-            jax.tree.leaves(value), jax.tree.leaves(ref["shared"][name]), rtol=1e-10
-        )
-    for name, value in snapshot.exposure.items():
-        np.testing.assert_allclose(value, ref["exposure"][name], rtol=1e-10, atol=1e-14)
+    assert_saved_equal(results, reference)
 
 
 def _steps(results) -> list[int]:
@@ -274,31 +259,48 @@ def _steps(results) -> list[int]:
         return []
 
 
-def test_three_nodes_hold_one_shard_each(root, reference):
-    """A head and two more nodes on this machine; STRICT_SPREAD puts a shard on each."""
+THREE_NODES = """
+import dataclasses, json, sys
+import ray
+from ray.cluster_utils import Cluster
+from cluster.coordinator import RayStepper
+from scaling.config import load_config
+from scaling.fit import fit_campaign
+
+nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+for _ in range(2):
+    nodes.add_node(num_cpus=1)
+placement = []
+
+def record(step, stepper):
+    if step == 1:
+        placement.extend(w["node_id"] for w in stepper.where)
+
+try:
+    cfg = load_config(sys.argv[1])
+    cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, address=nodes.address))
+    fit_campaign(cfg, progress=False, stepper=RayStepper, callback=record)
+finally:
     ray.shutdown()
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for _ in range(2):
-        nodes.add_node(num_cpus=1)
-    try:
-        cfg = config(root, "nodes", 3)
-        cluster = dataclasses.replace(
-            cfg.cluster, address=nodes.address, cpus_per_worker=1.0, placement="STRICT_SPREAD"
-        )
-        placement = []
+    nodes.shutdown()
+print(json.dumps(placement))
+"""
 
-        def record(step, stepper):
-            if step == 1:
-                placement.extend(w["node_id"] for w in stepper.where)
 
-        out = fit_campaign(
-            dataclasses.replace(cfg, cluster=cluster),
-            progress=False,
-            stepper=RayStepper,
-            callback=record,
-        )
-        assert len(placement) == 3 and len(set(placement)) == 3
-        assert_equal_params(out.params, reference)
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
+def test_three_nodes_hold_one_shard_each(root, reference):
+    """A head and two more nodes on this machine (in a process of their own: this one
+    already runs the module's Ray); STRICT_SPREAD puts a shard on each."""
+    cfg = config(root, "nodes", 3)
+    cluster = dataclasses.replace(cfg.cluster, cpus_per_worker=1.0, placement="STRICT_SPREAD")
+    path = write_toml(root / "nodes.toml", dataclasses.replace(cfg, cluster=cluster))
+    done = subprocess.run(
+        [sys.executable, "-c", THREE_NODES, path],
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    placement = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(placement) == 3 and len(set(placement)) == 3
+    assert_saved_equal(cfg.results, reference)
