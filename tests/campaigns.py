@@ -14,6 +14,8 @@ The physics tests' tiny models and parameters are in `tests.helpers`, which impo
 import dataclasses
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -298,16 +300,25 @@ def write_toml(path, config) -> str:
     return str(path)
 
 
-def scaling_cli(*args: str) -> list[str]:
-    """The command line of `scaling ARGS` in a new Python process (one whose Ray
-    session ends with it: a test process starts Ray at most once, since Ray may crash a
-    process that starts it again while threads of the first session remain)."""
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from cluster.cli import main; sys.exit(main())",
-        *args,
-    ]
+CLI = "import sys; from cluster.cli import main; sys.exit(main())"
+"""Python code that runs `scaling` with the arguments after it (`python -c CLI fit …`)."""
+
+
+def run_python(*args: str, timeout: float = 600) -> str:
+    """`python ARGS` in a new process → its stdout, asserting that it exits with 0.
+
+    A process of its own is how a test starts a second Ray session: a test process starts
+    Ray at most once, since Ray may crash a process that starts it again while threads of
+    the first session remain (ray-project/ray#31145)."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def assert_saved_equal(results: str | Path, outcome, rtol: float = 1e-10) -> None:

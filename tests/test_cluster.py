@@ -26,7 +26,7 @@ from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
 
-from .campaigns import assert_saved_equal, scaling_cli, simulated_campaign, write_toml
+from .campaigns import CLI, assert_saved_equal, run_python, simulated_campaign, write_toml
 from .conftest import CACHE
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -241,14 +241,7 @@ def test_killed_driver_resumes_to_the_same_result(root, reference, local_ray):
     with contextlib.suppress(ProcessLookupError):
         os.killpg(first.pid, signal.SIGKILL)  # the Ray processes it started
     assert _steps(results) == [5, 10]
-    done = subprocess.run(
-        scaling_cli("fit", path, "--resume", "--quiet"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_python("-c", CLI, "fit", path, "--resume", "--quiet")
     assert_saved_equal(results, reference)
 
 
@@ -293,14 +286,6 @@ def test_three_nodes_hold_one_shard_each(root, reference):
     cfg = config(root, "nodes", 3)
     cluster = dataclasses.replace(cfg.cluster, cpus_per_worker=1.0, placement="STRICT_SPREAD")
     path = write_toml(root / "nodes.toml", dataclasses.replace(cfg, cluster=cluster))
-    done = subprocess.run(
-        [sys.executable, "-c", THREE_NODES, path],
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    placement = json.loads(done.stdout.strip().splitlines()[-1])
+    placement = json.loads(run_python("-c", THREE_NODES, path).strip().splitlines()[-1])
     assert len(placement) == 3 and len(set(placement)) == 3
     assert_saved_equal(cfg.results, reference)

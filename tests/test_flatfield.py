@@ -7,8 +7,6 @@ renders the stars from the shared PSF (`model.shared_psf`).
 """
 
 import dataclasses
-import os
-import subprocess
 
 import pytest
 
@@ -16,7 +14,7 @@ from scaling.config import load_config
 from scaling.fit import fit_campaign
 from scaling.report.flatfield import flatfield_comparison
 
-from .campaigns import assert_saved_equal, scaling_cli, simulated_campaign, write_toml
+from .campaigns import CLI, assert_saved_equal, run_python, simulated_campaign, write_toml
 
 STEPS = 60
 
@@ -71,16 +69,10 @@ def test_metrics_match_a_fresh_comparison(root, reference):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_two_workers_equal_one_process(root, reference):
-    """`scaling fit --workers 2` (a process of its own, which starts and ends its Ray)."""
+    """`scaling fit` of a config with 2 workers, in a process of its own (which starts
+    and ends its Ray)."""
     path = write_toml(
         root / "workers2.toml", dataclasses.replace(config(root, "workers2", 2), truth="")
     )
-    done = subprocess.run(
-        scaling_cli("fit", path, "--quiet"),
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_python("-c", CLI, "fit", path, "--quiet")
     assert_saved_equal(root / "workers2.zarr", reference)
