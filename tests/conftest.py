@@ -80,8 +80,26 @@ def real_files() -> list[Path]:
     return files
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray cluster per test process (6 CPU slots: the sweep's trials), started by
+    the first test that needs it and stopped at the end of the session. A test process
+    starts Ray at most once: Ray may crash a process that starts it again while threads of
+    the first session remain (ray-project/ray#31145)."""
+    import ray
+
+    from cluster.coordinator import connect
+    from scaling.config import ClusterConfig
+
+    started = connect(ClusterConfig(workers=6, cpus_per_worker=1.0))
+    yield
+    if started:
+        ray.shutdown()
+
+
 def pytest_collection_modifyitems(items):
     """The Ray tests (the longest modules: test_cluster, test_sweep) first: `make test`'s
-    2 pytest-xdist workers take whole modules in this order, so those two start side by
-    side instead of queueing behind each other on one worker (which made a 12-minute run)."""
+    2 pytest-xdist workers take whole modules in this order (`--no-loadscope-reorder` in
+    pyproject.toml keeps xdist from reordering them by size), so those two start side by
+    side instead of queueing behind each other on one worker."""
     items.sort(key=lambda item: item.get_closest_marker("ray") is None)

@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from cluster.bench import main as bench_main
 from cluster.bench import sub_campaigns
-from cluster.coordinator import RayStepper, connect
-from scaling.config import ClusterConfig, load_config
+from cluster.coordinator import RayStepper
+from scaling.config import load_config
 from scaling.data.results import Results
 from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
@@ -68,14 +68,6 @@ def config(
 @pytest.fixture(scope="module")
 def reference(root):
     return fit_campaign(config(root, "reference"), progress=False)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    started = connect(ClusterConfig(workers=2))
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture
@@ -220,7 +212,7 @@ fit_campaign(load_config(sys.argv[1]), progress=False, stepper=RayStepper, callb
 
 
 def test_killed_driver_resumes_to_the_same_result(root, reference, local_ray):
-    """The driver, a process joining the module's Ray, SIGKILLs itself after step 12 (the
+    """The driver, a process joining the session's Ray, SIGKILLs itself after step 12 (the
     last checkpoint is step 10; Ray ends its workers); then `scaling fit --resume`
     finishes the fit."""
     cfg = config(root, "driver", 2)
@@ -282,7 +274,7 @@ print(json.dumps(placement))
 
 def test_three_nodes_hold_one_shard_each(root, reference):
     """A head and two more nodes on this machine (in a process of their own: this one
-    already runs the module's Ray); STRICT_SPREAD puts a shard on each."""
+    already runs the session's Ray); STRICT_SPREAD puts a shard on each."""
     cfg = config(root, "nodes", 3)
     cluster = dataclasses.replace(cfg.cluster, cpus_per_worker=1.0, placement="STRICT_SPREAD")
     path = write_toml(root / "nodes.toml", dataclasses.replace(cfg, cluster=cluster))

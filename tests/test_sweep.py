@@ -15,9 +15,8 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from cluster.coordinator import connect
 from cluster.sweep import run_sweep
-from scaling.config import ClusterConfig, ConfigError, load_config, parse_config
+from scaling.config import ConfigError, load_config, parse_config
 from scaling.config.load import override
 from scaling.report.compare import find_runs
 from scaling.report.tracking import EXPERIMENT, local_server
@@ -41,14 +40,6 @@ def root(tmp_path_factory):
 def server(root):
     with local_server(f"sqlite:///{root / 'mlflow.db'}") as uri:
         yield uri
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    started = connect(ClusterConfig(workers=6, cpus_per_worker=1.0))
-    yield
-    if started:
-        ray.shutdown()
 
 
 def base_fit(root: Path, server: str, steps: int = STEPS) -> str:
@@ -104,7 +95,7 @@ def interrupted(root, server, local_ray):
     that had ended before the kill, the sweep's outcome)."""
     fit = base_fit(root, server)
     space = {"regularisers.tv": [0.1, 10.0, -1.0], "optimisers.log_image.lr": [0.02, 0.05]}
-    address = ray.get_runtime_context().gcs_address  # the driver joins this module's Ray
+    address = ray.get_runtime_context().gcs_address  # the driver joins the session's Ray
     path = write_sweep(root, "tv-lr", fit, space, concurrent=2, grace_period=2, address=address)
     client = MlflowClient(server)
     driver = subprocess.Popen(
