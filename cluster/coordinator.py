@@ -9,31 +9,42 @@ the result does not depend on which worker answers first), scales them by the sh
 Fisher diagonal and updates. The driver never reads exposure arrays. Calls other than the
 step (checkpoints, χ², results) are ordinary actor tasks, made between steps.
 
+With the "collective" transport the workers form a process group (`cluster.collective`)
+and run the steps to the next checkpoint in one call each: every step they sum the
+shared gradient among themselves and apply the same shared update, and the coordinator
+receives the shared parameters only at the block's end (checking that every worker
+holds the same, bit for bit).
+
 A worker that dies raises `WorkerLost` after a replacement worker has been started on
-the same shard; the fit then rolls every worker back to the last checkpoint.
+the same shard (with "collective", after every worker has been replaced in a new group);
+the fit then rolls every worker back to the last checkpoint.
 """
 
 import dataclasses
 import math
 import os
+import pickle
+import time
 import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 import ray
+from jax.flatten_util import ravel_pytree
 from ray._private import ray_constants
 from ray.dag import InputNode, MultiOutputNode
 from ray.experimental.compiled_dag_ref import CompiledDAGRef
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster.collective import group_address, grouped
 from cluster.worker import ShardWorker, configure_jax
 from model import ExposureModel
 from scaling.config import ClusterConfig, FitConfig
 from scaling.data.results import Results
 from scaling.data.store import Campaign, StoreError
-from scaling.fitting.engine import join, make_fitter, summarise
+from scaling.fitting.engine import compiled_shared_step, join, make_fitter, summarise
 from scaling.fitting.precondition import unit_outside
 from scaling.fitting.start import initial_shared, settings_from
 from scaling.fitting.stepper import WorkerLost
@@ -131,9 +142,10 @@ class RayStepper:
         self.group, self.owns_group, self.first_bundle = None, False, 0
         self.workers: list = []
         self.graph = None
+        self.pending: list[dict[str, float]] = []
         try:
             self._place()
-            self.workers = [self._spawn(i) for i in range(len(self.shards))]
+            self.workers = self._spawn_all()
             self.where = ray.get([w.describe.remote() for w in self.workers])
             partial = ray.get([w.fisher_shared.remote() for w in self.workers])
             settings = settings_from(config, [])
@@ -149,8 +161,7 @@ class RayStepper:
                 settings,
                 join({"shared": self.shared_scale}, empty),
             )
-            fitter = self.fitter  # closed over: its arrays are constants of the update
-            self.shared_step = jax.jit(lambda *args: fitter.shared_step(*args))
+            self.shared_step = compiled_shared_step(self.fitter)
             self._reset_shared()
         except BaseException:
             self.close()
@@ -196,9 +207,28 @@ class RayStepper:
                 f"{PLACEMENT_TIMEOUT_S:.0f} s; it has {ray.cluster_resources()}"
             )
 
-    def _spawn(self, i: int):
+    @property
+    def grouped(self) -> bool:
+        """Whether the workers sum the shared gradient themselves (`cluster.collective`)."""
+        return self.config.cluster.transport == "collective"
+
+    def _spawn_all(self) -> list:
+        """A worker per shard; with the "collective" transport, joined in a new group
+        whose rank 0 (shard 0) serves it on a free port of its node."""
+        if not self.grouped:
+            return [self._spawn(i) for i in range(len(self.shards))]
+        on_rank_0 = PlacementGroupSchedulingStrategy(
+            placement_group=self.group, placement_group_bundle_index=self.first_bundle
+        )
+        address = ray.get(group_address.options(scheduling_strategy=on_rank_0).remote())
+        n = len(self.shards)
+        return [self._spawn(i, (address, n, i)) for i in range(n)]
+
+    def _spawn(self, i: int, group: tuple[str, int, int] | None = None):
+        """Worker `i`; in a process that first joins `group` (address, processes, rank)
+        when one is given."""
         c = self.config.cluster
-        actor = ray.remote(ShardWorker).options(
+        actor = ray.remote(ShardWorker if group is None else grouped(ShardWorker)).options(
             num_cpus=c.cpus_per_worker,
             num_gpus=c.gpus_per_worker,
             runtime_env={"env_vars": worker_env(c)},
@@ -207,7 +237,10 @@ class RayStepper:
             ),
             name=None,
         )
-        return actor.remote(self.config, self.shards[i], self.filters)
+        args = (self.config, self.shards[i], self.filters)
+        if group is None:
+            return actor.remote(*args)
+        return actor.remote(group, pickle.dumps((*args, True)))
 
     # --- the Stepper protocol ----------------------------------------------------------
 
@@ -215,12 +248,18 @@ class RayStepper:
         self.shared = self.initial
         self.shared_state = self.fitter.shared_optimiser.init({"shared": self.initial})
         self.step_index = 0
+        self.pending = []
 
     def reset(self) -> None:
         self._gather([w.reset.remote() for w in self.workers], "reset")
         self._reset_shared()
 
     def step(self) -> dict[str, float]:
+        if self.grouped:
+            if not self.pending:
+                self.pending = self._run_block()
+            self.step_index += 1
+            return self.pending.pop(0)
         if self.config.cluster.transport == "graph":
             refs = self._step_graph().execute(self.shared)
         else:
@@ -236,6 +275,38 @@ class RayStepper:
         out = summarise(terms, shared_sumsq)
         out.update({f"worker_time.{i}": seconds for i, (_, _, seconds) in enumerate(outs)})
         return out
+
+    def _run_block(self) -> list[dict[str, float]]:
+        """The steps to the next checkpoint (or the fit's end), run by the grouped workers
+        in one call each → every step's terms; its "step_time" is the step's time in the
+        workers (the slowest's) plus an equal share of the block's time beyond the
+        workers' steps (the call's round trip). The shared parameters and state after the
+        block must be the same in every worker, bit for bit."""
+        every, end, done = self.config.checkpoint_every, self.config.steps, self.step_index
+        steps = max(1, min(every - done % every, end - done))
+        began = time.perf_counter()
+        outs = self._gather(
+            [w.run_steps.remote(self.shared, self.shared_state, steps) for w in self.workers],
+            "step",
+        )
+        walls = np.max([o["wall"] for o in outs], axis=0)
+        share = (time.perf_counter() - began - walls.sum()) / steps
+        first = ravel_pytree((outs[0]["shared"], outs[0]["state"]))[0]
+        for i, out in enumerate(outs[1:], 1):
+            other = ravel_pytree((out["shared"], out["state"]))[0]
+            if not np.array_equal(other, first):
+                raise RuntimeError(
+                    f"worker {i}: its shared parameters after step {done + steps} differ "
+                    "from worker 0's (the group's sum must be the same in every worker)"
+                )
+        self.shared, self.shared_state = outs[0]["shared"], outs[0]["state"]
+        block = []
+        for k in range(steps):
+            terms = {t: sum(o["terms"][k][t] for o in outs) for t in outs[0]["terms"][k]}
+            row = summarise(terms, outs[0]["sumsq"][k])
+            row.update({f"worker_time.{i}": o["seconds"][k] for i, o in enumerate(outs)})
+            block.append(row | {"step_time": float(walls[k] + share)})
+        return block
 
     def checkpoint(self) -> dict:
         parts = self._gather([w.checkpoint.remote() for w in self.workers], "checkpoint")
@@ -256,7 +327,7 @@ class RayStepper:
             ) from err
         self.shared = trees["shared"]["params"]
         self.shared_state = jax.tree.map(np.asarray, trees["shared"]["state"])
-        self.step_index = step
+        self.step_index, self.pending = step, []
         return step
 
     def params(self) -> dict:
@@ -331,9 +402,13 @@ class RayStepper:
         return [getattr(w, method).remote(shared) for w in self.workers]
 
     def _gather(self, refs: list, what: str) -> list:
-        """Results of one call per worker; a dead worker is replaced, then `WorkerLost`."""
+        """Results of one call per worker; a dead worker is replaced (with the
+        "collective" transport, every worker: the group is rebuilt), then `WorkerLost`."""
         out, lost = [], []
+        ended = self._settle(refs) if self.grouped else range(len(refs))
         for i, ref in enumerate(refs):
+            if i not in ended:
+                continue
             try:
                 out.append(ref.get(timeout=-1) if isinstance(ref, CompiledDAGRef) else ray.get(ref))
             except (ray.exceptions.RayActorError, ray.exceptions.RayChannelError) as err:
@@ -346,8 +421,11 @@ class RayStepper:
         if lost:
             self._drop_graph()  # a dead actor ends the graph: every output reports it
             dead = [(i, e) for i, e in lost if not self._alive(i)]
-            for i, _ in dead:
-                self._replace(i)
+            if self.grouped:
+                self._regroup()
+            else:
+                for i, _ in dead:
+                    self._replace(i)
             i, err = (dead or lost)[0]
             raise WorkerLost(
                 f"worker {i} on node {self.where[i]['node_id'][:12]} (exposures "
@@ -355,6 +433,27 @@ class RayStepper:
                 f"{self.step_index + 1}: {type(err).__name__}"
             )
         return out
+
+    @staticmethod
+    def _settle(refs: list) -> set[int]:
+        """Wait until every call has ended or one has failed (its group's other workers
+        then wait for it for ever) → the indices of the calls that ended."""
+        pending = list(refs)
+        while pending:
+            ended, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ended[0])
+            except Exception:  # reported by `_gather`, which reads it again
+                break
+        return {i for i, ref in enumerate(refs) if ref not in pending}
+
+    def _regroup(self) -> None:
+        """Every worker replaced by a new one in a new group."""
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = self._spawn_all()
+        ray.get([w.start.remote(self.shared_scale) for w in self.workers])
+        self.where = ray.get([w.describe.remote() for w in self.workers])
 
     def _alive(self, i: int) -> bool:
         try:

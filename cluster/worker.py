@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import ray
 
+from cluster.collective import AllReduce
 from scaling.config import FitConfig
 from scaling.data.results import Results
 from scaling.data.store import Shard
 from scaling.fitting.engine import (
+    compiled_shared_step,
     initial_scale,
     join,
     make_fitter,
@@ -91,11 +93,15 @@ class ShardWorker:
         config: the fit config (model sizes, optimisers, regularisers, cluster).
         shard: the exposures and whole epochs this worker owns.
         filters: every filter of the campaign (the shared aberrations are keyed by them).
+        grouped: whether this process has joined the fit's process group
+            (`cluster.collective`), whose workers sum the shared gradient themselves
+            (`run_steps`).
     """
 
-    def __init__(self, config: FitConfig, shard: Shard, filters: list[str]):
+    def __init__(self, config: FitConfig, shard: Shard, filters: list[str], grouped=False):
         reset_host_peak()
         configure_jax(config.cluster.compile_cache)
+        self.grouped = grouped
         self.label = f"worker {shard.index}"
         check_devices(config.cluster.gpus_per_worker, self.label)
         self.config, self.shard = config, shard
@@ -139,6 +145,9 @@ class ShardWorker:
         """Build the step with the campaign's shared scale, then `reset`."""
         scale = join({"shared": jax.tree.map(jnp.asarray, shared_scale)}, split(self.fisher)[1])
         self.fitter = make_fitter(self.model, self.initial, self.batches, self.settings, scale)
+        if self.grouped:
+            self.allreduce = AllReduce(split(self.initial)[0]["shared"])
+            self.shared_step = compiled_shared_step(self.fitter)
         self.reset()
 
     def reset(self) -> None:
@@ -167,6 +176,32 @@ class ShardWorker:
             )
         self.local, self.state = local, state
         return jax.device_get(grads["shared"]), terms, time.perf_counter() - began
+
+    def run_steps(self, shared: dict, shared_state, steps: int) -> dict:
+        """`steps` whole steps in the group, from the broadcast `shared` parameters and
+        their optimiser state: each a local half-step, the group's sum of the shared
+        gradient and the shared update, the same in every worker of the group.
+
+        Returns:
+            {"terms": this shard's loss terms per step, "seconds": each local half-step's
+            seconds, "wall": each whole step's seconds, "sumsq": the scaled shared
+            gradient's sum of squares per step, "shared", "state": the shared parameters
+            and optimiser state after the last}.
+        """
+        shared = jax.tree.map(jnp.asarray, shared)
+        state = jax.tree.map(jnp.asarray, shared_state)
+        out = {"terms": [], "seconds": [], "wall": [], "sumsq": []}
+        for _ in range(steps):
+            began = time.perf_counter()
+            grads, terms, seconds = self.local_step(shared)
+            summed = self.allreduce(grads)
+            updated, state, sumsq = self.shared_step({"shared": shared}, state, {"shared": summed})
+            shared = updated["shared"]
+            out["terms"].append(terms)
+            out["seconds"].append(seconds)
+            out["sumsq"].append(float(sumsq))
+            out["wall"].append(time.perf_counter() - began)
+        return out | jax.device_get({"shared": shared, "state": state})
 
     def checkpoint(self) -> dict:
         """{"params": local parameters, "state": their optimiser state} (NumPy)."""

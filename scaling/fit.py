@@ -207,7 +207,7 @@ def _steps(
             raise FloatingPointError(
                 f"step {step}: the loss is {terms['total']} (diverged: lower a learning rate)"
             )
-        terms["step_time"] = seconds
+        terms.setdefault("step_time", seconds)  # a stepper of blocks gives each step's share
         for k, v in terms.items():
             history.setdefault(k, []).append(v)
         metrics.add(step, terms)

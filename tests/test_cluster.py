@@ -4,12 +4,14 @@ exposure arrays."""
 
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -155,28 +157,61 @@ def test_asking_for_missing_gpus_fails_at_once(root, local_ray):
         fit_campaign(cfg, progress=False, stepper=RayStepper)
 
 
-@pytest.mark.parametrize("transport", ["tasks", "graph"])
+@pytest.mark.parametrize("transport", ["tasks", "graph", "collective"])
 def test_killed_worker_rolls_back_and_equals_uninterrupted(
     root, reference, local_ray, driver_without_arrays, transport
 ):
+    """Worker 1 SIGKILLed after step 7; the fit rolls back to step 5 and ends equal to
+    one process. Before that, every worker listens on the loopback address alone (with
+    "collective", the group's service too)."""
     cfg = config(root, f"killed-{transport}", 2, transport=transport)
-    killed = []
+    killed, listening = [], set()
 
     def kill_worker_1(step, stepper):
+        if step == 1:
+            for w in stepper.where:
+                listening.update(_listening(w["pid"]))
         if step == 7 and not killed:
             killed.append(stepper.where[1]["pid"])
             os.kill(stepper.where[1]["pid"], signal.SIGKILL)
 
     out = fit_campaign(cfg, progress=False, stepper=RayStepper, callback=kill_worker_1)
     assert killed
+    assert listening and all(_loopback(a) for a in listening), listening
     assert_equal_params(out.params, reference)
     run = MlflowClient(cfg.tracking.uri).get_run(out.run_id)
     assert run.data.tags["restarts"] == "1"
     assert run.info.status == "FINISHED"
 
 
-def test_worker_error_names_worker_exposure_and_step(root, local_ray):
-    bad = root / "bad.zarr"
+def _listening(pid: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Addresses process `pid` listens on over TCP (Linux: /proc)."""
+    links = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed since listed
+            links.append(os.readlink(fd))
+    inodes = {link[8:-1] for link in links if link.startswith("socket:")}
+    out = set()
+    for table, words in (("tcp", 1), ("tcp6", 4)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                host = b"".join(raw[4 * i : 4 * i + 4][::-1] for i in range(words))
+                out.add(ipaddress.ip_address(host))
+    return out
+
+
+def _loopback(address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+@pytest.mark.parametrize("transport", ["tasks", "collective"])
+def test_worker_error_names_worker_exposure_and_step(root, local_ray, transport):
+    """A worker whose loss is not finite fails the fit with a message naming it (in a
+    group, the other worker, waiting for it in the all-reduce, is not waited for)."""
+    bad = root / f"bad-{transport}.zarr"
     shutil.copytree(root / "campaign.zarr", bad)
     victim = Campaign.open(bad).names[0]
     group = zarr.open_group(str(bad), mode="r+")
@@ -185,7 +220,7 @@ def test_worker_error_names_worker_exposure_and_step(root, local_ray):
     data = slope[...]
     data[0, i, j] = np.nan
     slope[...] = data
-    cfg = config(root, "failing", 2, campaign="bad.zarr")
+    cfg = config(root, f"failing-{transport}", 2, campaign=bad.name, transport=transport)
     with pytest.raises(RuntimeError, match=rf"worker \d \(exposures [^)]*{victim}.*step 1"):
         fit_campaign(cfg, progress=False, stepper=RayStepper)
     client = MlflowClient(cfg.tracking.uri)

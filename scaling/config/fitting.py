@@ -149,7 +149,7 @@ POSITION_STARTS = ("centre", "centroid")
 
 
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")
-TRANSPORTS = ("tasks", "graph")
+TRANSPORTS = ("tasks", "graph", "collective")
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,10 @@ class ClusterConfig:
     ~/.cache/ami-scaling/jax on each node); transport: how a step reaches the workers:
     "tasks" (an object-store put and one actor task per worker) or "graph" (a Ray
     Compiled Graph: shared-memory channels, about half the fixed cost per step, but read
-    by polling in every process, which slows CPU workers; BENCHMARKS.md).
+    by polling in every process, which slows CPU workers; BENCHMARKS.md) or "collective"
+    (the workers sum the shared gradient among themselves with JAX's multi-process
+    collectives and each applies the same shared update; the driver calls them once per
+    checkpoint interval).
     """
 
     workers: int = 0

@@ -176,6 +176,13 @@ class Fitter(eqx.Module):
         return join(shared, local), (shared_state, local_state), summarise(terms, shared_sumsq)
 
 
+def compiled_shared_step(fitter: Fitter):
+    """`fitter.shared_step` as one `jax.jit` with the fitter's arrays as constants: its
+    dispatch costs about half that of `eqx.filter_jit` (0.7–0.85 ms against 1.2–1.8 ms on
+    the demo's shared parameters, 2-core CPU)."""
+    return jax.jit(lambda *args: fitter.shared_step(*args))
+
+
 def summarise(terms: dict, shared_sumsq) -> dict[str, float]:
     """Loss terms as floats with the global norm of the scaled gradient ("grad_norm")."""
     out = {k: float(v) for k, v in terms.items() if k != "local_sumsq"}
