@@ -25,7 +25,7 @@ first step is timed again by a one-step fit with that cache (warm). Per run it r
   (what compiling, or loading from the cache, adds);
 * the final loss, which must agree across worker counts to float64 round-off.
 
-With `--transport tasks,graph` each worker count is fitted once per transport of the
+With `--transport collective,tasks,graph` each worker count is fitted once per transport of the
 step (`ClusterConfig.transport`), side by side.
 
 It writes the JSON, prints a table, and with `--exposures` draws a PNG beside the JSON:
@@ -48,7 +48,7 @@ import ray
 from cluster.cli import stepper_for
 from cluster.coordinator import connect
 from cluster.worker import device_peaks, host_peak_bytes, reset_host_peak
-from scaling.config import CampaignConfig, FitConfig, load_config
+from scaling.config import CampaignConfig, ClusterConfig, FitConfig, load_config
 from scaling.data.ingest import ingest
 from scaling.data.store import Campaign
 from scaling.fit import fit_campaign
@@ -97,7 +97,7 @@ def time_fit(
     exposures: int,
     warmup: int,
     cache: str,
-    transport: str = "tasks",
+    transport: str = ClusterConfig.transport,
 ) -> dict:
     """Fit with `workers` Ray workers (0: in process) and summarise its timings; on
     workers, time a one-step fit with the same compile cache afterwards (warm)."""
@@ -232,7 +232,7 @@ def _runs(campaign, fit, root: Path, workers, steps, gpus, sizes, warmup, transp
     for selection in sub_campaigns(store, sizes or [len(files)]):
         count = len(Campaign.open(store).select(observation=selection).names)
         losses = []
-        pairs = [(w, t) for w in workers for t in (transports if w else ["tasks"])]
+        pairs = [(w, t) for w in workers for t in (transports if w else [ClusterConfig.transport])]
         for n, transport in pairs:
             config = dataclasses.replace(
                 fit,
@@ -261,7 +261,7 @@ def bench(
     sizes: list[int] | None = None,
     warmup: int = WARMUP,
     psf_pad: int | None = None,
-    transports: tuple[str, ...] = ("tasks",),
+    transports: tuple[str, ...] = (ClusterConfig.transport,),
 ) -> dict:
     """Timings of the same fit for each campaign size and worker count, with host
     details."""
@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--psf-pad", type=int, help="the fit's instrument.psf_pad instead")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument(
-        "--transport", default="tasks", help="comma-separated step transports (tasks,graph)"
+        "--transport",
+        default=ClusterConfig.transport,
+        help="comma-separated step transports (collective,tasks,graph)",
     )
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)

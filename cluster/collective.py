@@ -1,7 +1,8 @@
 """The workers' own all-reduce of the shared gradient (`ClusterConfig.transport =
 "collective"`): JAX's multi-process runtime joins the worker processes of a fit into one
-group (gloo collectives between CPUs, NCCL between GPUs), and every worker sums the
-partial shared gradients itself, so the driver is off the path of each step.
+group, and every worker sums the partial shared gradients itself (gloo, between the
+processes' CPUs, also on GPU nodes: the shared gradient is small, and workers sharing a
+GPU could not form a NCCL group), so the driver is off the path of each step.
 
 Every process gets the same sum, and the shared update that follows is the same
 computation on the same inputs, so the workers' shared parameters stay equal bit for bit
@@ -89,10 +90,10 @@ class AllReduce:
         self.shapes = [np.shape(x) for x in leaves]
         self.splits = np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1]
         processes = jax.process_count()
-        devices = [jax.local_devices(process_index=p)[0] for p in range(processes)]
-        mesh = Mesh(np.asarray(devices), ("workers",))
+        cpus = [jax.local_devices(p, backend="cpu")[0] for p in range(processes)]
+        mesh = Mesh(np.asarray(cpus), ("workers",))
         self.rows = NamedSharding(mesh, PartitionSpec("workers"))
-        self.device = jax.local_devices()[0]
+        self.device = jax.local_devices(backend="cpu")[0]
         self.shape = (processes, sum(int(np.prod(s)) for s in self.shapes))
         total = jax.jit(
             lambda rows: rows.sum(0), out_shardings=NamedSharding(mesh, PartitionSpec())
