@@ -99,6 +99,7 @@ class AllReduce:
             lambda rows: rows.sum(0), out_shardings=NamedSharding(mesh, PartitionSpec())
         )
         self.sum = total.lower(self._rows(np.zeros(self.shape[1]))).compile()
+        self(like)  # the first sum connects the processes (gloo): at start, not in a step
 
     def _rows(self, flat: np.ndarray) -> jax.Array:
         row = jax.device_put(flat[None], self.device)

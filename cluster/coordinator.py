@@ -279,8 +279,9 @@ class RayStepper:
     def _run_block(self) -> list[dict[str, float]]:
         """The steps to the next checkpoint (or the fit's end), run by the grouped workers
         in one call each → every step's terms; its "step_time" is the step's time in the
-        workers (the slowest's) plus an equal share of the block's time beyond the
-        workers' steps (the call's round trip). The shared parameters and state after the
+        workers (worker 0's: the group's all-reduce makes every worker wait for the
+        slowest) plus an equal share of the block's time beyond worker 0's steps (the
+        call's round trip). The shared parameters and state after the
         block must be the same in every worker, bit for bit."""
         every, end, done = self.config.checkpoint_every, self.config.steps, self.step_index
         steps = max(1, min(every - done % every, end - done))
@@ -289,7 +290,7 @@ class RayStepper:
             [w.run_steps.remote(self.shared, self.shared_state, steps) for w in self.workers],
             "step",
         )
-        walls = np.max([o["wall"] for o in outs], axis=0)
+        walls = np.asarray(outs[0]["wall"])  # worker 0's: its steps follow each other
         share = (time.perf_counter() - began - walls.sum()) / steps
         first = ravel_pytree((outs[0]["shared"], outs[0]["state"]))[0]
         for i, out in enumerate(outs[1:], 1):
