@@ -131,7 +131,7 @@ def test_cluster_bench_times_workers_side_by_side(tmp_path, local_ray):
     assert bench_main([*args, *options]) == 0
     report = json.loads(out.read_text())
     one, two = report["runs"]
-    assert (one["workers"], two["workers"], two["transport"]) == (0, 2, "collective")
+    assert (one["workers"], two["workers"], two["transport"]) == (0, 2, "tasks")
     assert 3 <= one["exposures"] == two["exposures"] < report["exposures"]
     assert all(spread < 1e-12 for spread in report["final_loss_spread"].values())
     assert two["median_step_s"] > 0 and len(two["median_worker_compute_s"]) == 2

@@ -163,12 +163,14 @@ class ClusterConfig:
     lost workers replaced per run before it fails; compile_cache: JAX persistent
     compilation cache folder shared by the workers ("" → $JAX_COMPILATION_CACHE_DIR, else
     ~/.cache/ami-scaling/jax on each node); transport: how the steps reach the workers:
-    "collective" (the workers sum the shared gradient among themselves with JAX's
-    multi-process collectives and each applies the same shared update; the driver calls
-    them once per checkpoint interval), "tasks" (an object-store put and one actor task
-    per worker per step, the driver summing and updating) or "graph" (as "tasks" through
-    a Ray Compiled Graph: shared-memory channels read by polling in every process, which
-    slows CPU workers); BENCHMARKS.md compares them.
+    "tasks" (an object-store put and one actor task per worker per step, the driver
+    summing and updating), "collective" (the workers sum the shared gradient among
+    themselves with JAX's multi-process collectives and each applies the same shared
+    update; the driver calls them once per checkpoint interval: less time per step, but
+    JAX writes the persistent compilation cache from a group's first process only, so
+    the other workers compile at every fit's start) or "graph" (as "tasks" through a Ray
+    Compiled Graph: shared-memory channels read by polling in every process, which slows
+    CPU workers); BENCHMARKS.md compares them.
     """
 
     workers: int = 0
@@ -178,7 +180,7 @@ class ClusterConfig:
     placement: str = "SPREAD"
     max_restarts: int = 3
     compile_cache: str = ""
-    transport: str = "collective"
+    transport: str = "tasks"
 
     def __post_init__(self):
         positive_ints(self, "workers", "max_restarts", minimum=0)
