@@ -88,13 +88,14 @@ class AllReduce:
     def __init__(self, like: dict):
         leaves, self.treedef = jax.tree.flatten(like)
         self.shapes = [np.shape(x) for x in leaves]
-        self.splits = np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1]
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        self.splits = np.cumsum(sizes)[:-1]
         processes = jax.process_count()
         cpus = [jax.local_devices(p, backend="cpu")[0] for p in range(processes)]
         mesh = Mesh(np.asarray(cpus), ("workers",))
         self.rows = NamedSharding(mesh, PartitionSpec("workers"))
         self.device = jax.local_devices(backend="cpu")[0]
-        self.shape = (processes, sum(int(np.prod(s)) for s in self.shapes))
+        self.shape = (processes, sum(sizes))
         total = jax.jit(
             lambda rows: rows.sum(0), out_shardings=NamedSharding(mesh, PartitionSpec())
         )

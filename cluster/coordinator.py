@@ -31,7 +31,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import ray
-from jax.flatten_util import ravel_pytree
 from ray._private import ray_constants
 from ray.dag import InputNode, MultiOutputNode
 from ray.experimental.compiled_dag_ref import CompiledDAGRef
@@ -266,23 +265,20 @@ class RayStepper:
             refs = self._call_with_shared("local_step")
         outs = self._gather(refs, "step")
         grads = {"shared": _sum([g for g, _, _ in outs])}
-        terms = {k: sum(t[k] for _, t, _ in outs) for k in outs[0][1]}
         shared, state, shared_sumsq = self.shared_step(
             {"shared": self.shared}, self.shared_state, grads
         )
         self.shared, self.shared_state = jax.device_get(shared["shared"]), state
         self.step_index += 1
-        out = summarise(terms, shared_sumsq)
-        out.update({f"worker_time.{i}": seconds for i, (_, _, seconds) in enumerate(outs)})
-        return out
+        return _step_row([t for _, t, _ in outs], shared_sumsq, [s for _, _, s in outs])
 
     def _run_block(self) -> list[dict[str, float]]:
         """The steps to the next checkpoint (or the fit's end), run by the grouped workers
         in one call each → every step's terms; its "step_time" is the step's time in the
         workers (worker 0's: the group's all-reduce makes every worker wait for the
         slowest) plus an equal share of the block's time beyond worker 0's steps (the
-        call's round trip). The shared parameters and state after the
-        block must be the same in every worker, bit for bit."""
+        call's round trip). The shared parameters and state after the block must be the
+        same in every worker, bit for bit."""
         every, end, done = self.config.checkpoint_every, self.config.steps, self.step_index
         steps = max(1, min(every - done % every, end - done))
         began = time.perf_counter()
@@ -292,22 +288,24 @@ class RayStepper:
         )
         walls = np.asarray(outs[0]["wall"])  # worker 0's: its steps follow each other
         share = (time.perf_counter() - began - walls.sum()) / steps
-        first = ravel_pytree((outs[0]["shared"], outs[0]["state"]))[0]
+        first = jax.tree.leaves((outs[0]["shared"], outs[0]["state"]))
         for i, out in enumerate(outs[1:], 1):
-            other = ravel_pytree((out["shared"], out["state"]))[0]
-            if not np.array_equal(other, first):
+            other = jax.tree.leaves((out["shared"], out["state"]))
+            if not all(map(np.array_equal, other, first)):
                 raise RuntimeError(
                     f"worker {i}: its shared parameters after step {done + steps} differ "
                     "from worker 0's (the group's sum must be the same in every worker)"
                 )
         self.shared, self.shared_state = outs[0]["shared"], outs[0]["state"]
-        block = []
-        for k in range(steps):
-            terms = {t: sum(o["terms"][k][t] for o in outs) for t in outs[0]["terms"][k]}
-            row = summarise(terms, outs[0]["sumsq"][k])
-            row.update({f"worker_time.{i}": o["seconds"][k] for i, o in enumerate(outs)})
-            block.append(row | {"step_time": float(walls[k] + share)})
-        return block
+        return [
+            _step_row(
+                [o["terms"][k] for o in outs],
+                outs[0]["sumsq"][k],
+                [o["seconds"][k] for o in outs],
+            )
+            | {"step_time": float(walls[k] + share)}
+            for k in range(steps)
+        ]
 
     def checkpoint(self) -> dict:
         parts = self._gather([w.checkpoint.remote() for w in self.workers], "checkpoint")
@@ -468,6 +466,13 @@ class RayStepper:
         self.workers[i] = self._spawn(i)
         ray.get(self.workers[i].start.remote(self.shared_scale))
         self.where[i] = ray.get(self.workers[i].describe.remote())
+
+
+def _step_row(terms: list[dict], shared_sumsq, seconds: list[float]) -> dict[str, float]:
+    """A step's row from every worker's loss terms (summed) and compute seconds
+    ("worker_time.I"), with the shared gradient's sum of squares."""
+    row = summarise({k: sum(t[k] for t in terms) for k in terms[0]}, shared_sumsq)
+    return row | {f"worker_time.{i}": s for i, s in enumerate(seconds)}
 
 
 def _assemble(parts: list[dict], rows: list[list[int]]) -> dict:
