@@ -146,21 +146,14 @@ class RayStepper:
             self._place()
             self.workers = self._spawn_all()
             self.where = ray.get([w.describe.remote() for w in self.workers])
-            partial = ray.get([w.fisher_shared.remote() for w in self.workers])
-            settings = settings_from(config, [])
-            summed = {"shared": _sum(partial)}
-            self.shared_scale = unit_outside(summed, settings.preconditioned)["shared"]
-            ray.get([w.start.remote(self.shared_scale) for w in self.workers])
-            empty = {"epoch": {}, "exposure": {}}
-            self.initial = jax.device_get(initial_shared(config, model, campaign))
-            self.fitter = make_fitter(
-                model,
-                join({"shared": self.initial}, empty),
-                [],
-                settings,
-                join({"shared": self.shared_scale}, empty),
+            self.settings = settings_from(config, [])
+            self.start_scale = self._summed_scale(
+                ray.get([w.fisher_shared.remote() for w in self.workers])
             )
-            self.shared_step = compiled_shared_step(self.fitter)
+            ray.get([w.start.remote(self.start_scale) for w in self.workers])
+            self.model = model
+            self.initial = jax.device_get(initial_shared(config, model, campaign))
+            self._use_scale(self.start_scale, workers=False)
             self._reset_shared()
         except BaseException:
             self.close()
@@ -250,8 +243,37 @@ class RayStepper:
         self.pending = []
 
     def reset(self) -> None:
-        self._gather([w.reset.remote() for w in self.workers], "reset")
+        if self.shared_scale is self.start_scale:
+            self._gather([w.reset.remote() for w in self.workers], "reset")
+        else:
+            self._gather([w.start.remote(self.start_scale) for w in self.workers], "reset")
+            self._use_scale(self.start_scale, workers=False)
         self._reset_shared()
+
+    def rescale(self) -> None:
+        refs = [w.fisher_shared.remote(self.shared) for w in self.workers]
+        self._use_scale(self._summed_scale(self._gather(refs, "Fisher diagonal")))
+
+    def _summed_scale(self, parts: list[dict]) -> dict:
+        """The shared scale from the workers' parts of the Fisher diagonal."""
+        summed = {"shared": _sum(parts)}
+        return unit_outside(summed, self.settings.preconditioned)["shared"]
+
+    def _use_scale(self, shared_scale: dict, workers: bool = True) -> None:
+        """Step with `shared_scale` from now on: the coordinator's shared update and, with
+        `workers`, every worker's step (each with its own local scale)."""
+        if workers:
+            self._gather([w.use_scale.remote(shared_scale) for w in self.workers], "scale")
+        empty = {"epoch": {}, "exposure": {}}
+        self.shared_scale = shared_scale
+        self.fitter = make_fitter(
+            self.model,
+            join({"shared": self.initial}, empty),
+            [],
+            self.settings,
+            join({"shared": shared_scale}, empty),
+        )
+        self.shared_step = compiled_shared_step(self.fitter)
 
     def step(self) -> dict[str, float]:
         if self.grouped:
@@ -273,14 +295,15 @@ class RayStepper:
         return _step_row([t for _, t, _ in outs], shared_sumsq, [s for _, _, s in outs])
 
     def _run_block(self) -> list[dict[str, float]]:
-        """The steps to the next checkpoint (or the fit's end), run by the grouped workers
-        in one call each → every step's terms; its "step_time" is the step's time in the
-        workers (worker 0's: the group's all-reduce makes every worker wait for the
-        slowest) plus an equal share of the block's time beyond worker 0's steps (the
-        call's round trip). The shared parameters and state after the block must be the
-        same in every worker, bit for bit."""
+        """The steps to the next checkpoint, Fisher refresh or the fit's end, run by the
+        grouped workers in one call each → every step's terms; its "step_time" is the
+        step's time in the workers (worker 0's: the group's all-reduce makes every worker
+        wait for the slowest) plus an equal share of the block's time beyond worker 0's
+        steps (the call's round trip). The shared parameters and state after the block
+        must be the same in every worker, bit for bit."""
         every, end, done = self.config.checkpoint_every, self.config.steps, self.step_index
-        steps = max(1, min(every - done % every, end - done))
+        refresh = [r - done for r in self.config.fisher_refresh if r > done]
+        steps = max(1, min(every - done % every, end - done, *refresh))
         began = time.perf_counter()
         outs = self._gather(
             [w.run_steps.remote(self.shared, self.shared_state, steps) for w in self.workers],
@@ -310,11 +333,15 @@ class RayStepper:
     def checkpoint(self) -> dict:
         parts = self._gather([w.checkpoint.remote() for w in self.workers], "checkpoint")
         trees = {"shared": {"params": self.shared, "state": jax.device_get(self.shared_state)}}
+        if self.config.fisher_refresh:
+            trees["shared"]["scale"] = self.shared_scale
         trees.update({s.name: part for s, part in zip(self.shards, parts, strict=True)})
         return trees
 
     def restore(self, results: Results, step: int | None = None) -> int:
         like = {"shared": {"params": self.shared, "state": self.shared_state}}
+        if self.config.fisher_refresh:
+            like["shared"]["scale"] = self.shared_scale
         try:
             step, trees = results.read_checkpoint(like, step)
             self._gather([w.restore.remote(step) for w in self.workers], "restore")
@@ -324,6 +351,8 @@ class RayStepper:
                 f"{len(self.shards)} worker(s) (resume with the worker count that wrote "
                 f"it): {err}"
             ) from err
+        if self.config.fisher_refresh:
+            self._use_scale(trees["shared"]["scale"])
         self.shared = trees["shared"]["params"]
         self.shared_state = jax.tree.map(np.asarray, trees["shared"]["state"])
         self.step_index, self.pending = step, []

@@ -114,8 +114,10 @@ class ShardWorker:
         spread = shard_batches if len(jax.local_devices()) > 1 else list
         self.batches, self.validation = spread(data.batches), spread(data.validation)
         self.initial = initial_params(config, self.model, self.observations, self.epochs, campaign)
-        self.fisher = initial_scale(self.model, self.initial, self.batches, self.settings)
-        self.fitter = None
+        self.start_fisher = initial_scale(self.model, self.initial, self.batches, self.settings)
+        self.fisher = self.start_fisher
+        self.keeps_scale = bool(config.fisher_refresh)
+        self.fitter, self.allreduce = None, None
 
     def describe(self) -> dict:
         """Where this worker runs and what it holds."""
@@ -137,17 +139,28 @@ class ShardWorker:
         and each device that reports it (GPUs)."""
         return {"host": host_peak_bytes(), **device_peaks()}
 
-    def fisher_shared(self) -> dict:
-        """This shard's part of the shared Fisher diagonal (summed by the coordinator)."""
+    def fisher_shared(self, shared: dict | None = None) -> dict:
+        """This shard's part of the shared Fisher diagonal (summed by the coordinator): at
+        the starting parameters, or with the broadcast `shared` at the current ones (its
+        local part is then kept for `use_scale`)."""
+        if shared is not None:
+            self.fisher = initial_scale(self.model, self._with(shared), self.batches, self.settings)
         return jax.device_get(self.fisher["shared"])
 
-    def start(self, shared_scale: dict) -> None:
-        """Build the step with the campaign's shared scale, then `reset`."""
+    def use_scale(self, shared_scale: dict) -> None:
+        """Build the step with the campaign's shared scale and this shard's local one."""
         scale = join({"shared": jax.tree.map(jnp.asarray, shared_scale)}, split(self.fisher)[1])
         self.fitter = make_fitter(self.model, self.initial, self.batches, self.settings, scale)
         if self.grouped:
-            self.allreduce = AllReduce(split(self.initial)[0]["shared"])
             self.shared_step = compiled_shared_step(self.fitter)
+
+    def start(self, shared_scale: dict) -> None:
+        """Build the step with the starting scale (the campaign's shared part given),
+        then `reset`."""
+        self.fisher = self.start_fisher
+        self.use_scale(shared_scale)
+        if self.grouped and self.allreduce is None:
+            self.allreduce = AllReduce(split(self.initial)[0]["shared"])
         self.reset()
 
     def reset(self) -> None:
@@ -204,15 +217,22 @@ class ShardWorker:
         return out | jax.device_get({"shared": shared, "state": state})
 
     def checkpoint(self) -> dict:
-        """{"params": local parameters, "state": their optimiser state} (NumPy)."""
-        return jax.device_get({"params": self.local, "state": self.state})
+        """{"params": local parameters, "state": their optimiser state} (NumPy), and
+        "scale": their Fisher scale when the fit refreshes it (`fisher_refresh`)."""
+        trees = {"params": self.local, "state": self.state}
+        if self.keeps_scale:
+            trees["scale"] = split(self.fitter.scale)[1]
+        return jax.device_get(trees)
 
     def restore(self, step: int) -> None:
-        """Load this shard's part of the checkpoint at `step` from the results store."""
+        """Load this shard's part of the checkpoint at `step` from the results store (a
+        saved local scale is used from the coordinator's next `use_scale`)."""
         results = Results.open(self.config.results)
         _, trees = results.read_checkpoint({self.shard.name: self.checkpoint()}, step)
         tree = jax.tree.map(jnp.asarray, trees[self.shard.name])
         self.local, self.state, self.step_index = tree["params"], tree["state"], step
+        if self.keeps_scale:
+            self.fisher = join(split(self.fisher)[0], tree["scale"])
 
     def params(self) -> dict:
         """Local parameters (NumPy), rows in shard order."""

@@ -180,6 +180,8 @@ def _steps(
     while step < config.steps:
         due = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
         try:
+            if step in config.fisher_refresh:
+                stepper.rescale()
             began = time.perf_counter()
             terms = stepper.step()
             gathering = time.perf_counter()

@@ -211,7 +211,11 @@ class FitConfig:
     or "centroid" (at the centroid of the exposure's good pixels: real targets are not
     centred); validation_fraction: share of each exposure's good pixels held out of the
     training loss and scored as the validation NLL (0: none; see
-    `scaling.fitting.validation`); validation_seed: which pixels.
+    `scaling.fitting.validation`); validation_seed: which pixels; fisher_refresh:
+    steps before which the Fisher diagonal of the preconditioned parameters is evaluated
+    again at the current parameters (e.g. the step a pixel response starts, once the
+    stars have settled: a diagonal taken at the start, where the stars are misplaced,
+    is several times too small on some pixels; the optimiser states are kept).
     """
 
     KIND: ClassVar[str] = "fit"
@@ -237,9 +241,17 @@ class FitConfig:
     position_start: str = "centre"
     validation_fraction: float = 0.0
     validation_seed: int = 0
+    fisher_refresh: tuple[int, ...] = ()
 
     def __post_init__(self):
         positive_ints(self, "steps", "checkpoint_every")
+        for step in self.fisher_refresh:
+            require(
+                isinstance(step, int) and 0 < step < self.steps,
+                "fisher_refresh",
+                f"steps in 1…{self.steps - 1} (the fit's steps - 1)",
+                step,
+            )
         f = self.validation_fraction
         require(0 <= f <= 0.5, "validation_fraction", "a number in [0, 0.5]", f)
         positive_ints(self, "validation_seed", minimum=0)

@@ -63,6 +63,18 @@ def canonical_aberrations(shared: dict, model: ExposureModel) -> dict:
     return {"shared": {**shared["shared"], "aberrations": aberrations}}
 
 
+def unit_mean_flat(updates: dict, scale: dict) -> dict:
+    """A {"shared": …} update tree whose pixel response (`flat`) part has zero mean,
+    weighted by the flat's scale (its Fisher diagonal when preconditioned): a response
+    times c and every flux over c give the same data, so the fit holds the response's
+    weighted mean where it started (1) and the fluxes carry the brightness."""
+    if "flat" not in updates["shared"]:
+        return updates
+    step, weight = updates["shared"]["flat"], scale["shared"]["flat"]
+    step = step - jnp.sum(weight * step) / jnp.sum(weight)
+    return {"shared": {**updates["shared"], "flat": step}}
+
+
 def _sum_squares(tree) -> jax.Array:
     return sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))
 
@@ -162,7 +174,9 @@ class Fitter(eqx.Module):
             grads,
             shared_state,
             shared,
-            lambda updates: canonical_aberrations(updates, self.model),
+            lambda updates: unit_mean_flat(
+                canonical_aberrations(updates, self.model), split(self.scale)[0]
+            ),
         )
         return shared, shared_state, _sum_squares(grads)
 

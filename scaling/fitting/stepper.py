@@ -44,7 +44,13 @@ class Stepper(Protocol):
         """Load the checkpoint at `step` (default: latest) from `results`; its step."""
 
     def reset(self) -> None:
-        """Back to the starting parameters and fresh optimiser states (step 0)."""
+        """Back to the starting parameters, fresh optimiser states and the starting
+        Fisher scale (step 0)."""
+
+    def rescale(self) -> None:
+        """Evaluate the Fisher diagonal again at the current parameters (`fisher_refresh`);
+        the optimiser states are kept. Checkpoints then hold the scale, so a resumed or
+        rolled-back fit goes on with the scale it had."""
 
     def params(self) -> dict:
         """All current parameters."""
@@ -89,24 +95,34 @@ class InProcess:
         )
         self.initial = initial_params(config, model, self.observations, epochs, campaign)
         settings = settings_from(config, self.observations, campaign.names[0])
-        self.fitter = make_fitter(model, self.initial, self.batches, settings)
+        self.start_fitter = make_fitter(model, self.initial, self.batches, settings)
+        self.keeps_scale = bool(config.fisher_refresh)
         self.reset()
 
     def reset(self) -> None:
         shared, local = split(self.initial)
         self._params = join(shared, renormalise_images(local))
+        self.fitter = self.start_fitter
         self._state = self.fitter.init(self._params)
+
+    def rescale(self) -> None:
+        self.fitter = make_fitter(self.model, self._params, self.batches, self.fitter.settings)
 
     def step(self) -> dict[str, float]:
         self._params, self._state, terms = self.fitter.step(self._params, self._state, self.batches)
         return terms
 
     def checkpoint(self) -> dict[str, PyTree]:
-        return {"params": self._params, "state": self._state}
+        trees = {"params": self._params, "state": self._state}
+        return trees | ({"scale": self.fitter.scale} if self.keeps_scale else {})
 
     def restore(self, results: Results, step: int | None = None) -> int:
         step, trees = results.read_checkpoint(self.checkpoint(), step)
-        self._params, self._state = jax.tree.map(jnp.asarray, (trees["params"], trees["state"]))
+        trees = jax.tree.map(jnp.asarray, trees)
+        self._params, self._state = trees["params"], trees["state"]
+        if self.keeps_scale:
+            settings = self.fitter.settings
+            self.fitter = make_fitter(self.model, self._params, [], settings, trees["scale"])
         return step
 
     def params(self) -> dict:
