@@ -68,6 +68,7 @@ LAYERS = {
     "scaling.fit": 5,
     "scaling.bench": 5,
     "scaling.flatbench": 5,
+    "scaling.seed_figures": 5,
     "scaling.dithers": 5,
     "scaling.simulate": 5,
     "scaling.study": 5,
