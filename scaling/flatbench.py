@@ -1,10 +1,11 @@
 """`scaling flatbench`: the project's star-field fit beside the seed notebook's loop.
 
 Simulates the star field of a config, ingests it, fits it in this process (the fit
-config's steps) and runs the peer script (`../shared/peers/flatfield_seed.py`, the seed
-notebook on current releases, in its own Python) for the same number of steps in
-float64 unless `--float32`; writes both runs' time per step and recovery figures to a
-JSON file and prints them side by side. The seed script simulates its own data (its
+config's steps and L-BFGS iterations) and runs the peer script
+(`../shared/peers/flatfield_seed.py`, the seed notebook on current releases, in its own
+Python, through `scaling/seed_figures.py`) for as many steps in float64 unless
+`--float32`; writes both runs' time per step and recovery figures to a JSON file and
+prints them side by side. The seed script simulates its own data (its
 sizes are the config's: see `configs/flatfield_seed.toml`).
 """
 
@@ -73,7 +74,8 @@ def flatbench(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.config}, {args.fit}: expected kinds 'flatfield', 'flatfield_fit'")
     with tempfile.TemporaryDirectory() as tmp:
         project = run_project(sim, fit, Path(tmp))
-    seed = run_seed(args.seed_python, args.seed_script, fit.steps, not args.float32)
+    steps = fit.steps + fit.quasi_newton.steps
+    seed = run_seed(args.seed_python, args.seed_script, steps, not args.float32)
     report = {
         "project": project,
         "seed": seed,
@@ -104,7 +106,9 @@ def add_flatbench_parser(subparsers: argparse._SubParsersAction) -> None:
     summary = "time the star-field fit against the seed notebook's loop, side by side (JSON)"
     p = subparsers.add_parser("flatbench", help=summary, description=summary)
     p.add_argument("config", type=Path, help="flatfield simulation config")
-    p.add_argument("fit", type=Path, help="flatfield_fit config (its steps are both runs')")
+    p.add_argument(
+        "fit", type=Path, help="flatfield_fit config (its steps + L-BFGS iterations: both runs')"
+    )
     p.add_argument("--out", type=Path, required=True, help="JSON report")
     p.add_argument("--seed-python", default="python3", help="Python with dLux, zodiax, optax")
     p.add_argument(
