@@ -106,18 +106,20 @@ def interrupted(root, server, local_ray):
         stderr=subprocess.DEVNULL,
     )
     ended, parent, began = [], None, time.monotonic()
-    while len(ended) < 3:
-        assert driver.poll() is None, "the sweep ended before 3 trials had"
-        assert time.monotonic() - began < 600, "3 trials did not end in 10 minutes"
-        time.sleep(1)
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        tag = str(root.resolve() / "tv-lr")
-        parents = client.search_runs([experiment.experiment_id], f"tags.sweep = '{tag}'")
-        if parents:
-            parent = parents[0].info.run_id
-            ended = [r for r in nested(server, parent) if r.status != "RUNNING"]
-    os.killpg(driver.pid, signal.SIGKILL)  # Ray ends the trials of a driver that died
-    driver.wait()
+    try:
+        while len(ended) < 3:
+            assert driver.poll() is None, "the sweep ended before 3 trials had"
+            assert time.monotonic() - began < 600, "3 trials did not end in 10 minutes"
+            time.sleep(1)
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+            tag = str(root.resolve() / "tv-lr")
+            parents = client.search_runs([experiment.experiment_id], f"tags.sweep = '{tag}'")
+            if parents:
+                parent = parents[0].info.run_id
+                ended = [r for r in nested(server, parent) if r.status != "RUNNING"]
+    finally:  # also when the wait fails: a driver left running outlives the module
+        os.killpg(driver.pid, signal.SIGKILL)  # Ray ends the trials of a driver that died
+        driver.wait()
     outcome = run_sweep(path, resume=True, verbose=0)
     return parent, ended, outcome
 
