@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from scaling.config import FlatFieldConfig, StarFieldFitConfig, load_config
-from scaling.data.truthfiles import load_truth
 
 
 def expected_mae(signal: np.ndarray, bright: np.ndarray, read_noise: float, n: int) -> float:
@@ -33,7 +32,7 @@ def expected_mae(signal: np.ndarray, bright: np.ndarray, read_noise: float, n: i
 def run_count(sim, fit, n: int, folder: Path, stepper_for, workers: int) -> dict:
     """Simulate, ingest and fit the field with `n` dithers; its figures."""
     from scaling.fit import fit_campaign
-    from scaling.report.flatfield import SIGNAL_THRESHOLD, mean_signal
+    from scaling.report.flatfield import bright_pixels
     from scaling.simulate import simulated_campaign
 
     sim = dataclasses.replace(sim, dither_count=n)
@@ -42,10 +41,7 @@ def run_count(sim, fit, n: int, folder: Path, stepper_for, workers: int) -> dict
     start = time.perf_counter()
     out = fit_campaign(config, progress=False, stepper=stepper_for(config))
     wall = time.perf_counter() - start
-    model = config.instrument.build([sim.filter])
-    signal = mean_signal(model, str(folder / "sim"))
-    bad = load_truth(folder / "sim")[1]["bad_pixels"]
-    bright = (signal >= SIGNAL_THRESHOLD) & ~bad
+    signal, bright = bright_pixels(config.instrument.build([sim.filter]), str(folder / "sim"))
     return {
         "dithers": n,
         "flat_mae_bright": out.truth_metrics["flat_mae_bright"],

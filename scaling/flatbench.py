@@ -41,7 +41,7 @@ def run_project(sim: FlatFieldConfig, fit: StarFieldFitConfig, folder: Path) -> 
     from scaling.data.truthfiles import load_truth
     from scaling.dithers import expected_mae
     from scaling.fit import fit_campaign
-    from scaling.report.flatfield import SIGNAL_THRESHOLD, mean_signal
+    from scaling.report.flatfield import bright_pixels
     from scaling.simulate import simulated_campaign
 
     tracking = dataclasses.replace(fit.tracking, uri=f"sqlite:///{folder}/mlflow.db")
@@ -50,14 +50,13 @@ def run_project(sim: FlatFieldConfig, fit: StarFieldFitConfig, folder: Path) -> 
     out = fit_campaign(config, progress=False)
     wall = time.perf_counter() - start
     steps = out.history["step_time"]
-    truth = load_truth(folder / "sim")[1]
-    signal = mean_signal(config.instrument.build([sim.filter]), str(folder / "sim"))
-    bright = (signal >= SIGNAL_THRESHOLD) & ~truth["bad_pixels"]
+    signal, bright = bright_pixels(config.instrument.build([sim.filter]), str(folder / "sim"))
+    dithers = len(load_truth(folder / "sim")[1]["dithers"])
     lbfgs = out.history.get("lbfgs_total", [])
     return {
         "steps": out.step + len(lbfgs),
         "lbfgs_iterations": len(lbfgs),
-        "flat_mae_floor": expected_mae(signal, bright, sim.read_noise, len(truth["dithers"])),
+        "flat_mae_floor": expected_mae(signal, bright, sim.read_noise, dithers),
         "x64": True,
         "first_step_s": float(steps[0]),
         "step_s": float(np.median(steps[1:])),

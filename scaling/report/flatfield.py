@@ -66,11 +66,17 @@ def mean_signal(model: ExposureModel, truth_folder: str) -> np.ndarray:
     return np.asarray(rate) * exposure_time
 
 
+def bright_pixels(model: ExposureModel, truth_folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(`mean_signal`, (p, p) mask of the good pixels at or above `SIGNAL_THRESHOLD`)."""
+    signal = mean_signal(model, truth_folder)
+    return signal, (signal >= SIGNAL_THRESHOLD) & ~load_truth(truth_folder)[1]["bad_pixels"]
+
+
 def flatfield_comparison(truth_folder: str, model: ExposureModel, params: dict) -> dict:
     """The metrics of the module docstring for fitted `params` (a parameter tree)."""
     meta, arrays = load_truth(truth_folder)
     shared = params["shared"]
-    bright = (mean_signal(model, truth_folder) >= SIGNAL_THRESHOLD) & ~arrays["bad_pixels"]
+    bright = bright_pixels(model, truth_folder)[1]
     fitted, true = np.asarray(shared["flat"]), arrays["flat"]
     scale = true[bright].mean() / fitted[bright].mean() if bright.any() else 1.0
     metrics = {
@@ -106,8 +112,7 @@ def write_flatfield_pictures(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _, arrays = load_truth(truth_folder)
-    signal = mean_signal(model, truth_folder)
-    bright = (signal >= SIGNAL_THRESHOLD) & ~arrays["bad_pixels"]
+    signal, bright = bright_pixels(model, truth_folder)
     true, fitted = arrays["flat"], np.asarray(params["shared"]["flat"])
     fig, axes = _figure(1, 3)
     spread = 3 * np.std(true[bright]) if bright.any() else 0.1
